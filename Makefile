@@ -1,0 +1,18 @@
+# The two commands a new user runs: `make demo` and `make test` (see README.md).
+.PHONY: setup test demo bench lint
+
+setup:
+	scripts/setup
+
+# Starts a throwaway Ceph cluster and sshd, runs pytest and ruff, stops the services even on failure.
+test: setup
+	scripts/run-tests $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check zsagent tests scripts bench
+
+demo: setup
+	scripts/demo
+
+bench: setup
+	@echo "bench: not yet - the benchmark suite lands with its own issue"

@@ -1,0 +1,125 @@
+"""Test doubles and independent checks shared by the suites."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+
+from zsagent.copy.extents import Extent, Kind, coalesce
+from zsagent.sinks.base import SinkResult
+
+
+def md5sum_file(path) -> str:
+    """md5 of a file by the coreutils tool, not by our code."""
+    out = subprocess.run(["md5sum", str(path)], check=True, capture_output=True, text=True).stdout
+    return out.split()[0]
+
+
+def md5_bytes(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+class MemorySource:
+    """A volume held in memory with an explicit allocation map.
+
+    ``fail_at_read``: the n-th read call (0-based) raises OSError. ``read_delay_s`` slows each read.
+    Records every read range and the most reads it saw in flight at once.
+    """
+
+    def __init__(self, data: bytes, data_ranges: Sequence[tuple[int, int]] | None = None,
+                 zero_ranges: Sequence[tuple[int, int]] = (), fail_at_read: int | None = None,
+                 read_delay_s: float = 0.0) -> None:
+        self.data = data
+        self.size = len(data)
+        ranges = [(0, self.size)] if data_ranges is None else data_ranges
+        self._extents = [Extent(o, n, Kind.DATA) for o, n in ranges] + [
+            Extent(o, n, Kind.ZERO) for o, n in zero_ranges]
+        self.fail_at_read = fail_at_read
+        self.read_delay_s = read_delay_s
+        self.reads: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.closed = False
+
+    def extents(self):
+        return sorted(self._extents, key=lambda e: e.offset)
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self.lock:
+            index = len(self.reads)
+            self.reads.append((offset, length))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.read_delay_s:
+                time.sleep(self.read_delay_s)
+            if self.fail_at_read is not None and index == self.fail_at_read:
+                raise OSError(5, "injected read error")
+            return self.data[offset:offset + length]
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class MemorySink:
+    """A destination in memory that records what happened to it.
+
+    ``fail_at_write``: the n-th write call raises. ``write_delay_s`` slows each write (and, for a
+    sequential sink, holds up the hasher thread, which feeds it).
+    """
+
+    def __init__(self, name: str = "mem://t", sequential: bool = False, fail_at_write: int | None = None,
+                 fail_open: bool = False, fail_commit: bool = False, write_delay_s: float = 0.0) -> None:
+        self.description = name
+        self.sequential = sequential
+        self.fail_at_write = fail_at_write
+        self.fail_open = fail_open
+        self.fail_commit = fail_commit
+        self.write_delay_s = write_delay_s
+        self.buf = bytearray()
+        self.writes: list[tuple[int, int]] = []
+        self.zeros: list[tuple[int, int]] = []
+        self.opened = self.committed = self.aborted = False
+        self.planned: list[Extent] = []
+        self.lock = threading.Lock()
+
+    def open(self, size: int, extents: Sequence[Extent]) -> None:
+        if self.fail_open:
+            raise OSError(28, "injected: no space left")
+        self.buf = bytearray(size)
+        self.planned = list(extents)
+        self.opened = True
+
+    def write(self, offset: int, data: bytes) -> None:
+        with self.lock:
+            index = len(self.writes)
+            self.writes.append((offset, len(data)))
+        if self.write_delay_s:
+            time.sleep(self.write_delay_s)
+        if self.fail_at_write is not None and index == self.fail_at_write:
+            raise OSError(5, "injected write error")
+        self.buf[offset:offset + len(data)] = data
+
+    def zero(self, offset: int, length: int) -> None:
+        with self.lock:
+            self.zeros.append((offset, length))
+
+    def commit(self) -> SinkResult:
+        if self.fail_commit:
+            raise OSError(5, "injected commit error")
+        self.committed = True
+        return SinkResult(self.description, sum(n for _, n in self.writes))
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def data_extents(extents) -> list[tuple[int, int]]:
+    return [(e.offset, e.length) for e in coalesce(extents) if e.kind is Kind.DATA]

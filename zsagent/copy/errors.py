@@ -1,0 +1,37 @@
+"""What can go wrong in a copy, as exceptions the service maps to ZStack error codes."""
+
+from __future__ import annotations
+
+
+class CopyError(Exception):
+    """A copy failed; nothing it created is left behind."""
+
+
+class CopyCancelled(CopyError):
+    """The copy was cancelled by its caller."""
+
+    def __init__(self, reason: str = "copy cancelled") -> None:
+        super().__init__(reason)
+
+
+class SourceError(CopyError):
+    """Reading the source failed (the source is untouched)."""
+
+
+class SinkError(CopyError):
+    """Writing to, committing or creating one destination failed.
+
+    ``sink`` is the destination's description (its install path); ``__cause__`` the storage error.
+    """
+
+    def __init__(self, sink: str, message: str) -> None:
+        super().__init__(f"{sink}: {message}")
+        self.sink = sink
+
+
+class AllSinksFailed(CopyError):
+    """Every destination failed; ``errors`` holds one SinkError per destination."""
+
+    def __init__(self, errors: list[SinkError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors) or "no destination succeeded")
+        self.errors = errors

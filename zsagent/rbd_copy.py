@@ -1,0 +1,72 @@
+"""Templates from RBD volumes: snapshot the volume, copy the snapshot, release the snapshot.
+
+Modes for a Ceph backup pool in the same cluster:
+  copy    - an independent image streamed through the pipeline (the default);
+  clone   - a copy-on-write clone of the protected snapshot: instant; the snapshot stays as its parent;
+  flatten - a clone flattened by librbd while the pipeline reads the snapshot for the md5.
+In every mode the md5 comes from reading the snapshot, and the snapshot is removed afterwards unless a
+clone still depends on it (ZStack's own agent leaves its snapshots behind; we do not).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Sequence
+
+from zsagent.copy.pipeline import CopyResult, PipelineConfig, ProgressCallback, run_copy
+from zsagent.sinks.base import Sink
+from zsagent.sinks.rbd_image import RbdCloneSink, RbdImageSink
+from zsagent.sources.rbd_snapshot import RbdSnapshotSource
+
+log = logging.getLogger(__name__)
+
+
+class CephCopyMode(enum.Enum):
+    COPY = "copy"
+    CLONE = "clone"
+    FLATTEN = "flatten"
+
+
+def rbd_template_sink(mode: CephCopyMode, rbd_module, src_ioctx, volume: str, snapshot: str,
+                      dst_ioctx, dst_pool: str, name: str) -> Sink:
+    """The sink that makes ``dst_pool/name`` from ``volume@snapshot`` in ``mode``."""
+    if mode is CephCopyMode.COPY:
+        return RbdImageSink(rbd_module, dst_ioctx, dst_pool, name)
+    return RbdCloneSink(rbd_module, src_ioctx, volume, snapshot, dst_ioctx, dst_pool, name,
+                        flatten=mode is CephCopyMode.FLATTEN)
+
+
+def copy_rbd_volume(rbd_module, ioctx, volume: str, snapshot: str, sinks: Sequence[Sink],
+                    config: PipelineConfig | None = None, *, progress: ProgressCallback | None = None,
+                    cancel: threading.Event | None = None) -> CopyResult:
+    """Take ``volume@snapshot``, copy it into ``sinks`` in one pass, then release the snapshot.
+
+    The snapshot must not exist yet (it is named after the new template, so a clash means a retry of a
+    job that is still running or left state behind: ImageExists from rbd).
+    """
+    with rbd_module.Image(ioctx, volume) as image:
+        image.create_snap(snapshot)
+    try:
+        source = RbdSnapshotSource(rbd_module, ioctx, volume, snapshot)
+        try:
+            return run_copy(source, sinks, config, progress=progress, cancel=cancel)
+        finally:
+            source.close()
+    finally:
+        release_snapshot(rbd_module, ioctx, volume, snapshot)
+
+
+def release_snapshot(rbd_module, ioctx, volume: str, snapshot: str) -> bool:
+    """Remove ``volume@snapshot`` unless clones depend on it; True when it was removed."""
+    with rbd_module.Image(ioctx, volume, snapshot=snapshot, read_only=True) as snap:
+        children = snap.list_children()
+    if children:
+        log.info("keeping snapshot %s@%s: parent of %s", volume, snapshot, children)
+        return False
+    with rbd_module.Image(ioctx, volume) as image:
+        if image.is_protected_snap(snapshot):
+            image.unprotect_snap(snapshot)
+        image.remove_snap(snapshot)
+    return True

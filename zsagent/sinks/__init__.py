@@ -1,0 +1,5 @@
+"""Destinations a template is written to; each publishes atomically or leaves nothing behind."""
+
+from zsagent.sinks.base import Sink, SinkResult
+
+__all__ = ["Sink", "SinkResult"]

@@ -1,0 +1,155 @@
+"""RBD destinations in a backup pool: a full copy, or a copy-on-write clone of the source snapshot.
+
+Both live under ``<name>.part`` until commit renames them (rbd rename refuses to overwrite).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from zsagent.copy.extents import Extent
+from zsagent.sinks.base import SinkResult
+
+log = logging.getLogger(__name__)
+
+PART_SUFFIX = ".part"
+
+
+def rbd_allocated_bytes(image) -> int:
+    """Bytes the image itself has allocated (its parent's data not counted)."""
+    total = 0
+
+    def count(offset: int, length: int, exists: bool) -> int:
+        nonlocal total
+        if exists:
+            total += length
+        return 0
+
+    image.diff_iterate(0, image.size(), None, count, include_parent=False, whole_object=False)
+    return total
+
+
+class _RbdPartImage:
+    """The common life cycle: an image under a temporary name, renamed on commit, removed on abort."""
+
+    sequential = False
+
+    def __init__(self, rbd_module, ioctx, pool: str, name: str) -> None:
+        self.rbd = rbd_module
+        self.ioctx = ioctx
+        self.pool = pool
+        self.name = name
+        self.part = name + PART_SUFFIX
+        self.description = f"ceph://{pool}/{name}"
+        self.image = None
+        self._created = False
+
+    def _check_free(self) -> None:
+        if self.name in self.rbd.RBD().list(self.ioctx):
+            raise self.rbd.ImageExists(f"image {self.pool}/{self.name} already exists")
+
+    def _publish(self, parent: str | None = None) -> SinkResult:
+        self.image.flush()
+        actual = rbd_allocated_bytes(self.image)
+        self.image.close()
+        self.image = None
+        self.rbd.RBD().rename(self.ioctx, self.part, self.name)
+        self._created = False
+        return SinkResult(self.description, actual, parent)
+
+    def abort(self) -> None:
+        if self.image is not None:
+            try:
+                self.image.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing %s failed", self.part)
+            self.image = None
+        if self._created:
+            try:
+                self.rbd.RBD().remove(self.ioctx, self.part)
+            except self.rbd.ImageNotFound:
+                pass
+            except Exception:  # noqa: BLE001 - abort never raises; the journal retries later
+                log.exception("removing %s/%s failed", self.pool, self.part)
+                return
+            self._created = False
+
+
+class RbdImageSink(_RbdPartImage):
+    """An independent image of the source's size; only non-zero data is written."""
+
+    def open(self, size: int, extents: Sequence[Extent]) -> None:
+        self._check_free()
+        self.rbd.RBD().create(self.ioctx, self.part, size, old_format=False)
+        self._created = True
+        self.image = self.rbd.Image(self.ioctx, self.part)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.image.write(data, offset)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Nothing to do: a new image reads as zeros."""
+
+    def commit(self) -> SinkResult:
+        return self._publish()
+
+
+class RbdCloneSink(_RbdPartImage):
+    """A clone of ``parent_pool/parent_image@snapshot`` (protected first), optionally flattened.
+
+    The data never passes through the pipeline: writes are ignored, the pipeline only hashes. With
+    ``flatten`` the clone is flattened in the background while the pipeline reads the snapshot, and
+    commit waits for it; the result then no longer depends on the snapshot.
+    """
+
+    def __init__(self, rbd_module, parent_ioctx, parent_image: str, snapshot: str,
+                 ioctx, pool: str, name: str, flatten: bool = False) -> None:
+        super().__init__(rbd_module, ioctx, pool, name)
+        self.parent_ioctx = parent_ioctx
+        self.parent_image = parent_image
+        self.snapshot = snapshot
+        self.flatten = flatten
+        self._flattener: threading.Thread | None = None
+        self._flatten_error: BaseException | None = None
+
+    @property
+    def parent_spec(self) -> str:
+        return f"{self.parent_ioctx.get_pool_name()}/{self.parent_image}@{self.snapshot}"
+
+    def open(self, size: int, extents: Sequence[Extent]) -> None:
+        self._check_free()
+        with self.rbd.Image(self.parent_ioctx, self.parent_image) as parent:
+            if not parent.is_protected_snap(self.snapshot):
+                parent.protect_snap(self.snapshot)
+        self.rbd.RBD().clone(self.parent_ioctx, self.parent_image, self.snapshot, self.ioctx, self.part)
+        self._created = True
+        self.image = self.rbd.Image(self.ioctx, self.part)
+        if self.flatten:
+            self._flattener = threading.Thread(target=self._flatten, name="zsagent-flatten", daemon=True)
+            self._flattener.start()
+
+    def _flatten(self) -> None:
+        try:
+            self.image.flatten()
+        except BaseException as e:  # noqa: BLE001 - reported by commit
+            self._flatten_error = e
+
+    def write(self, offset: int, data: bytes) -> None:
+        """The clone already holds the data."""
+
+    def zero(self, offset: int, length: int) -> None:
+        """The clone already holds the data."""
+
+    def commit(self) -> SinkResult:
+        if self._flattener is not None:
+            self._flattener.join()
+            if self._flatten_error is not None:
+                raise self._flatten_error
+        return self._publish(parent=None if self.flatten else self.parent_spec)
+
+    def abort(self) -> None:
+        if self._flattener is not None:
+            self._flattener.join()  # flatten cannot be interrupted; the image is removed right after
+        super().abort()

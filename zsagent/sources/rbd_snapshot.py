@@ -1,0 +1,35 @@
+"""An RBD image at a snapshot: an immutable point in time, extents from diff_iterate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from zsagent.copy.extents import Extent, covering
+
+
+class RbdSnapshotSource:
+    """``pool/image@snapshot`` opened read-only through ``rbd_module`` (real or fake).
+
+    Clones report their parents' data too (``include_parent=True``), so a clone's template is complete.
+    """
+
+    def __init__(self, rbd_module, ioctx, image: str, snapshot: str) -> None:
+        self._image = rbd_module.Image(ioctx, image, snapshot=snapshot, read_only=True)
+        self.size = self._image.size()
+
+    def extents(self) -> Iterator[Extent]:
+        ranges: list[tuple[int, int]] = []
+
+        def on_extent(offset: int, length: int, exists: bool) -> int:
+            if exists:
+                ranges.append((offset, length))
+            return 0
+
+        self._image.diff_iterate(0, self.size, None, on_extent, include_parent=True, whole_object=False)
+        return covering(self.size, ranges)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._image.read(offset, length)
+
+    def close(self) -> None:
+        self._image.close()
