@@ -99,7 +99,8 @@ class _Copy:
         self.config = config
         self.progress = progress
         self.cancel = cancel or threading.Event()
-        self.zeros = memoryview(bytes(config.chunk_bytes))
+        self.zero_chunk = bytes(config.chunk_bytes)
+        self.zeros = memoryview(self.zero_chunk)  # slices for hashing, without copies
         self.md5 = hashlib.md5()
         self.stats = CopyStats()
         self.stop = threading.Event()  # set on the first fatal error or cancel: everyone winds down
@@ -160,7 +161,8 @@ class _Copy:
             raise SourceError(f"read of {piece.length} bytes at offset {piece.offset} failed: {e}") from e
         if len(data) != piece.length:
             raise SourceError(f"short read at offset {piece.offset}: {len(data)} of {piece.length} bytes")
-        is_zero = data == self.zeros[: piece.length]
+        # bytes == bytes is a memcmp; comparing with a memoryview would go byte by byte under the GIL
+        is_zero = data == (self.zero_chunk if piece.length == len(self.zero_chunk) else bytes(piece.length))
         self._to_sinks(False, piece.offset, None if is_zero else data, piece.length)
         return None if is_zero else data
 
