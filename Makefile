@@ -9,7 +9,7 @@ test: setup
 	scripts/run-tests $(PYTEST_ARGS)
 
 lint: setup
-	.venv/bin/ruff check zsagent tests scripts bench
+	.venv/bin/ruff check .
 
 demo: setup
 	scripts/demo
