@@ -31,9 +31,16 @@ class CephCopyMode(enum.Enum):
 
 def rbd_template_sink(mode: CephCopyMode, rbd_module, src_ioctx, volume: str, snapshot: str,
                       dst_ioctx, dst_pool: str, name: str) -> Sink:
-    """The sink that makes ``dst_pool/name`` from ``volume@snapshot`` in ``mode``."""
+    """The sink that makes ``dst_pool/name`` from ``volume@snapshot`` in ``mode``.
+
+    ``src_ioctx`` is None when the volume is not an RBD image (then only COPY makes sense).
+    """
     if mode is CephCopyMode.COPY:
-        return RbdImageSink(rbd_module, dst_ioctx, dst_pool, name)
+        order = None
+        if src_ioctx is not None:
+            with rbd_module.Image(src_ioctx, volume, read_only=True) as image:
+                order = image.stat()["order"]
+        return RbdImageSink(rbd_module, dst_ioctx, dst_pool, name, order)
     return RbdCloneSink(rbd_module, src_ioctx, volume, snapshot, dst_ioctx, dst_pool, name,
                         flatten=mode is CephCopyMode.FLATTEN)
 

@@ -27,6 +27,7 @@ class RbdEnv:
     dst_pool: str
     cli_env: dict | None = None  # for the rbd / qemu-img command line tools (real Ceph)
     ceph_conf: str | None = None
+    ceph_config: dict | None = None  # the agent's [ceph] section for this backend
 
     def spec(self, pool, image, snap=None):
         return f"{pool}/{image}" + (f"@{snap}" if snap else "")
@@ -78,7 +79,7 @@ class RbdEnv:
                                     capture_output=True, text=True, env=self.cli_env)
         assert result.returncode == 0, result.stdout + result.stderr
 
-    def allocated(self, pool, image) -> int:
+    def allocated(self, pool, image, whole_object=False) -> int:
         """Allocated bytes, parents' data included: `rbd diff` (real) / diff_iterate (fake)."""
         if self.kind == "fake":
             ioctx = self.src if pool == self.src_pool else self.dst
@@ -87,9 +88,15 @@ class RbdEnv:
                 def add(offset, length, exists):
                     nonlocal total
                     total += length if exists else 0
-                img.diff_iterate(0, img.size(), None, add, include_parent=True)
+                if img.size():
+                    img.diff_iterate(0, img.size(), None, add, include_parent=True, whole_object=whole_object)
             return total
-        out = subprocess.run(["rbd", "diff", "--format", "json", self.spec(pool, image)],
+        ioctx = self.src if pool == self.src_pool else self.dst
+        with self.rbd.Image(ioctx, image, read_only=True) as img:
+            if not img.size():
+                return 0  # `rbd diff --whole-object` of an empty image aborts (librbd 16.2 assert)
+        whole = ["--whole-object"] if whole_object else []
+        out = subprocess.run(["rbd", "diff", *whole, "--format", "json", self.spec(pool, image)],
                              capture_output=True, text=True, check=True, env=self.cli_env).stdout
         return sum(e["length"] for e in json.loads(out) if e.get("exists", "true") in ("true", True))
 
@@ -98,12 +105,13 @@ class RbdEnv:
 def rbd_env(request, tmp_path_factory):
     if request.param == "fake":
         root = str(tmp_path_factory.mktemp("fake-ceph"))
-        backend = open_backend(CephConfig(backend="fake", fake_root=root))
+        agent_ceph = {"backend": "fake", "fake_root": root}
         cli_env = conf = None
     else:
         cluster = request.getfixturevalue("ceph_cluster")
-        backend = open_backend(CephConfig(backend="rados", conf=cluster.conf, keyring=cluster.keyring))
+        agent_ceph = {"backend": "rados", "conf": cluster.conf, "keyring": cluster.keyring}
         cli_env, conf = cluster.cli_env(), cluster.conf
+    backend = open_backend(CephConfig(**agent_ceph))
     handle = backend.connect()
     pools = []
     for role in ("src", "dst"):
@@ -112,7 +120,7 @@ def rbd_env(request, tmp_path_factory):
             handle.create_pool(name)
         pools.append(name)
     src, dst = (handle.open_ioctx(p) for p in pools)
-    yield RbdEnv(request.param, backend.rbd, handle, src, dst, pools[0], pools[1], cli_env, conf)
+    yield RbdEnv(request.param, backend.rbd, handle, src, dst, pools[0], pools[1], cli_env, conf, agent_ceph)
     src.close()
     dst.close()
     handle.shutdown()

@@ -25,7 +25,8 @@ class RbdSnapshotSource:
                 ranges.append((offset, length))
             return 0
 
-        self._image.diff_iterate(0, self.size, None, on_extent, include_parent=True, whole_object=False)
+        if self.size:  # librbd asserts on some zero-length diffs; an empty image has no extents anyway
+            self._image.diff_iterate(0, self.size, None, on_extent, include_parent=True, whole_object=False)
         return covering(self.size, ranges)
 
     def read(self, offset: int, length: int) -> bytes:

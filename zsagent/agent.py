@@ -1,0 +1,50 @@
+"""Wires the agent together from its configuration: store, service, jobs, sessions and the HTTP app."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from zsagent.api import create_app
+from zsagent.auth import ManagementNodeSessions, SessionsFile
+from zsagent.config import Config
+from zsagent.jobs import JobManager
+from zsagent.service import ADMIN_ACCOUNT_UUID, TemplateService
+from zsagent.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Agent:
+    config: Config
+    store: Store
+    service: TemplateService
+    jobs: JobManager
+    app: FastAPI
+
+    def close(self) -> None:
+        self.service.close()
+        self.store.close()
+
+
+def sessions_for(config: Config):
+    if config.auth.zstack_url:
+        return ManagementNodeSessions(config.auth.zstack_url, ADMIN_ACCOUNT_UUID, config.auth.session_cache_s)
+    return SessionsFile(config.auth.sessions_file or "/etc/zsagent/sessions")
+
+
+def build_agent(config: Config) -> Agent:
+    """Open the store, reconcile what a previous run left behind, and build the app."""
+    os.makedirs(config.agent.data_dir, exist_ok=True)
+    store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
+    service = TemplateService(config, store)
+    interrupted = service.reconcile()
+    if interrupted:
+        log.warning("jobs interrupted by the last stop, now failed: %s", ", ".join(interrupted))
+    jobs = JobManager(store, config.agent.job_retention_s)
+    app = create_app(service, jobs, sessions_for(config))
+    return Agent(config, store, service, jobs, app)

@@ -1,0 +1,79 @@
+"""Removing what a job left behind (journalled artifacts) and deleting published templates.
+
+Every function here is idempotent: removing what is already gone is not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from zsagent.rbd_copy import release_snapshot
+
+log = logging.getLogger(__name__)
+
+
+def remove_artifact(kind: str, spec: dict[str, Any], ceph_backend=None, cluster=None) -> None:
+    """Remove one temporary artifact recorded in the journal."""
+    if kind == "rbd-image":
+        _remove_rbd_image(ceph_backend, cluster, spec["pool"], spec["image"])
+    elif kind == "rbd-snapshot":
+        _release_rbd_snapshot(ceph_backend, cluster, spec["pool"], spec["image"], spec["snapshot"])
+    elif kind == "file":
+        remove_file(spec["path"], spec["root"])
+    else:
+        raise ValueError(f"unknown artifact kind {kind!r}")
+
+
+def delete_template(ref: dict[str, Any], ceph_backend=None, cluster=None) -> None:
+    """Remove a published template (and a clone's parent snapshot when nothing else needs it)."""
+    if ref["kind"] == "rbd":
+        _remove_rbd_image(ceph_backend, cluster, ref["pool"], ref["image"])
+        parent = ref.get("parent")
+        if parent:
+            _release_rbd_snapshot(ceph_backend, cluster, parent["pool"], parent["image"], parent["snapshot"])
+    elif ref["kind"] == "file":
+        remove_file(ref["path"], ref["root"])
+    else:
+        raise ValueError(f"unknown template kind {ref['kind']!r}")
+
+
+def remove_file(path: str, root: str) -> None:
+    """Unlink ``path`` and the directories above it that are empty now, up to (not including) root."""
+    target = Path(path)
+    target.unlink(missing_ok=True)
+    root_path = Path(root).resolve()
+    for directory in target.parents:
+        if directory.resolve() == root_path or root_path not in directory.resolve().parents:
+            break
+        try:
+            directory.rmdir()
+        except OSError:
+            break
+
+
+def _remove_rbd_image(backend, cluster, pool: str, image: str) -> None:
+    rbd = backend.rbd
+    try:
+        ioctx = cluster.open_ioctx(pool)
+    except backend.rados.ObjectNotFound:
+        return
+    with ioctx:
+        try:
+            rbd.RBD().remove(ioctx, image)
+        except rbd.ImageNotFound:
+            pass
+
+
+def _release_rbd_snapshot(backend, cluster, pool: str, image: str, snapshot: str) -> None:
+    rbd = backend.rbd
+    try:
+        ioctx = cluster.open_ioctx(pool)
+    except backend.rados.ObjectNotFound:
+        return
+    with ioctx:
+        try:
+            release_snapshot(rbd, ioctx, image, snapshot)
+        except rbd.ImageNotFound:  # the image or the snapshot is gone already
+            pass

@@ -1,0 +1,232 @@
+"""The agent's configuration: one TOML file, every key documented in systemd/zsagent.toml.example.
+
+A bad file fails at start with one line naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zsagent.ceph import CephConfig
+from zsagent.copy.pipeline import PipelineConfig
+
+UUID_RE = re.compile(r"^[0-9a-f]{32}$")
+DEFAULT_CONFIG_PATH = "/etc/zsagent/zsagent.toml"
+
+
+class ConfigError(ValueError):
+    """``<file>: <key>: <reason>``"""
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """listen: "host:port" of the HTTP API; data_dir: SQLite store and job state; max_jobs: copies
+    running at once (more queue); job_retention_s: how long async job results stay pollable;
+    drain_s: on shutdown, how long running copies may finish before they are cancelled."""
+
+    listen: str = "127.0.0.1:7762"
+    data_dir: str = "/var/lib/zsagent"
+    max_jobs: int = 2
+    job_retention_s: int = 3 * 3600
+    drain_s: int = 60
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """sessions_file: "<sessionUuid> <accountUuid>" per line; zstack_url: ask this management node
+    instead; session_cache_s: how long a management node's answer is trusted."""
+
+    sessions_file: str | None = "/etc/zsagent/sessions"
+    zstack_url: str | None = None
+    session_cache_s: int = 30
+
+
+@dataclass(frozen=True)
+class ImageDefaults:
+    """Inventory fields a data volume has no say in, unless the volume's metadata records them."""
+
+    platform: str = "Linux"
+    architecture: str = "x86_64"
+    guest_os_type: str | None = None
+    virtio: bool = True
+
+
+@dataclass(frozen=True)
+class PrimaryStorage:
+    """Where volumes live: Ceph pools (image named by the volume uuid) or a file root in ZStack's
+    layout (``<path>/{dataVolumes,rootVolumes}/acct-<account>/vol-<uuid>/<uuid>.{qcow2,raw}``)."""
+
+    uuid: str
+    type: str  # "ceph" | "filesystem"
+    pools: tuple[str, ...] = ()
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupStorage:
+    """Where templates go.
+
+    ceph: ``pool``, ``mode`` (copy | clone | flatten) for volumes from the same cluster.
+    filesystem: ``path``, ``format`` (qcow2 | raw). sftp: hostname, port, username, private_key,
+    known_hosts, path, format. ``default``: used when a request names no backup storage.
+    """
+
+    uuid: str
+    type: str  # "ceph" | "filesystem" | "sftp"
+    default: bool = False
+    pool: str | None = None
+    mode: str = "copy"
+    path: str | None = None
+    format: str = "qcow2"
+    hostname: str | None = None
+    port: int = 22
+    username: str = "root"
+    private_key: str | None = None
+    known_hosts: str | None = None
+    accept_new_host_keys: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    ceph: CephConfig = field(default_factory=CephConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    image: ImageDefaults = field(default_factory=ImageDefaults)
+    primary_storage: tuple[PrimaryStorage, ...] = ()
+    backup_storage: tuple[BackupStorage, ...] = ()
+    source: str = "<defaults>"
+
+    def backup_storage_by_uuid(self, uuid: str) -> BackupStorage | None:
+        return next((bs for bs in self.backup_storage if bs.uuid == uuid), None)
+
+
+_CHOICES = {
+    ("primary_storage", "type"): ("ceph", "filesystem"),
+    ("backup_storage", "type"): ("ceph", "filesystem", "sftp"),
+    ("backup_storage", "mode"): ("copy", "clone", "flatten"),
+    ("backup_storage", "format"): ("qcow2", "raw"),
+    ("ceph", "backend"): ("rados", "fake"),
+}
+
+_REQUIRED = {
+    ("primary_storage", "ceph"): ("pools",),
+    ("primary_storage", "filesystem"): ("path",),
+    ("backup_storage", "ceph"): ("pool",),
+    ("backup_storage", "filesystem"): ("path",),
+    ("backup_storage", "sftp"): ("hostname", "private_key", "known_hosts", "path"),
+}
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check the TOML file at ``path``."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: cannot read: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
+    """Check a parsed TOML document and build the Config."""
+    known = {"agent", "auth", "ceph", "pipeline", "image", "primary_storage", "backup_storage"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{source}: {key}: unknown section (expected one of {', '.join(sorted(known))})")
+    agent = _section(raw, "agent", AgentSettings, source)
+    auth = _section(raw, "auth", AuthSettings, source)
+    ceph = _section(raw, "ceph", CephConfig, source)
+    pipeline = _section(raw, "pipeline", PipelineConfig, source)
+    image = _section(raw, "image", ImageDefaults, source)
+    if agent.max_jobs < 1:
+        raise ConfigError(f"{source}: agent.max_jobs: must be at least 1")
+    if ceph.backend == "fake" and not ceph.fake_root:
+        raise ConfigError(f"{source}: ceph.fake_root: required when ceph.backend is \"fake\"")
+    primaries = tuple(_storage(raw, "primary_storage", i, PrimaryStorage, source)
+                      for i in range(len(raw.get("primary_storage", []))))
+    backups = tuple(_storage(raw, "backup_storage", i, BackupStorage, source)
+                    for i in range(len(raw.get("backup_storage", []))))
+    seen: set[str] = set()
+    for kind, items in (("primary_storage", primaries), ("backup_storage", backups)):
+        for i, item in enumerate(items):
+            if item.uuid in seen:
+                raise ConfigError(f"{source}: {kind}[{i}].uuid: {item.uuid} is used twice")
+            seen.add(item.uuid)
+    if sum(bs.default for bs in backups) > 1:
+        raise ConfigError(f"{source}: backup_storage.default: only one backup storage can be the default")
+    return Config(agent, auth, ceph, pipeline, image, primaries, backups, source)
+
+
+def _section(raw: dict[str, Any], name: str, cls, source: str):
+    values = raw.get(name, {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {name}: must be a table")
+    return _build(cls, values, name, source)
+
+
+def _storage(raw: dict[str, Any], kind: str, index: int, cls, source: str):
+    items = raw[kind]
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: {kind}: must be an array of tables ([[{kind}]])")
+    values = items[index]
+    where = f"{kind}[{index}]"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {where}: must be a table")
+    for key in ("uuid", "type"):
+        if key not in values:
+            raise ConfigError(f"{source}: {where}.{key}: required")
+    item = _build(cls, values, where, source, kind)
+    if not UUID_RE.match(item.uuid):
+        raise ConfigError(f"{source}: {where}.uuid: {item.uuid!r} is not 32 lowercase hex digits")
+    for key in _REQUIRED[(kind, item.type)]:
+        if not values.get(key):
+            raise ConfigError(f"{source}: {where}.{key}: required for type \"{item.type}\"")
+    if kind == "backup_storage" and item.type == "ceph" and "format" in values and values["format"] != "raw":
+        raise ConfigError(f"{source}: {where}.format: Ceph backup storage stores raw images only")
+    return item
+
+
+def _build(cls, values: dict[str, Any], where: str, source: str, kind: str | None = None):
+    defaults = {f.name: f for f in cls.__dataclass_fields__.values()}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in defaults or key == "source":
+            raise ConfigError(f"{source}: {where}.{key}: unknown key")
+        expected = _expected_type(cls, key)
+        if key == "pools":
+            if not (isinstance(value, list) and value and all(isinstance(p, str) and p for p in value)):
+                raise ConfigError(f"{source}: {where}.pools: must be a non-empty list of pool names")
+            value = tuple(value)
+        elif expected is not None and not _is(value, expected):
+            raise ConfigError(f"{source}: {where}.{key}: must be {expected.__name__}, not {type(value).__name__}")
+        choices = _CHOICES.get((kind or where, key))
+        if choices and value not in choices:
+            raise ConfigError(f"{source}: {where}.{key}: {value!r} is not one of {', '.join(choices)}")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {where}: {e}") from None
+
+
+def _expected_type(cls, key: str):
+    annotation = str(cls.__dataclass_fields__[key].type)
+    for name, typ in (("bool", bool), ("int", int), ("str", str)):
+        if annotation.startswith(name):
+            return typ
+    return None
+
+
+def _is(value: Any, expected: type) -> bool:
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)

@@ -1,0 +1,161 @@
+"""Jobs: every create request runs as one, synchronous callers just wait for it.
+
+A job's result stays pollable for ``retention_s`` after it ends (ZStack keeps them 3 h), then it is
+forgotten. A web hook, when given, gets the result POSTed with ``X-Job-UUID`` and ``X-Job-Success``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from zsagent import errors
+from zsagent.errors import ErrorCode, ZsError
+from zsagent.service import JobContext
+from zsagent.store import Store
+
+log = logging.getLogger(__name__)
+
+Work = Callable[[JobContext], dict[str, Any]]
+"""Does the job and returns the ImageInventory, or raises ZsError."""
+
+
+@dataclass
+class Job:
+    context: JobContext
+    webhook: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    http_status: int | None = None  # for a synchronous answer
+    body: dict[str, Any] | None = None
+    finished_s: float | None = None
+
+    @property
+    def uuid(self) -> str:
+        return self.context.uuid
+
+    @property
+    def success(self) -> bool:
+        return bool(self.body and self.body.get("success"))
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as the API shows it: running, or finished with its body."""
+
+    uuid: str
+    running: bool
+    success: bool
+    body: dict[str, Any] | None
+    progress: dict[str, Any] | None
+
+
+class JobManager:
+    def __init__(self, store: Store, retention_s: int = 3 * 3600, webhook_attempts: int = 3,
+                 webhook_backoff_s: float = 1.0) -> None:
+        self.store = store
+        self.retention_s = retention_s
+        self.webhook_attempts = webhook_attempts
+        self.webhook_backoff_s = webhook_backoff_s
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+
+    def submit(self, context: JobContext, work: Work, image_uuid: str | None = None,
+               volume_uuid: str | None = None, webhook: str | None = None) -> Job:
+        job = Job(context, webhook)
+        with self._lock:
+            self._jobs[job.uuid] = job
+        self.store.add_job(job.uuid, image_uuid, volume_uuid)
+        thread = threading.Thread(target=self._run, args=(job, work), name=f"job-{job.uuid[:8]}")
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+        return job
+
+    def _run(self, job: Job, work: Work) -> None:
+        self.store.set_job_state(job.uuid, "running")
+        try:
+            inventory = work(job.context)
+            status, body = 200, {"success": True, "inventory": inventory}
+        except ZsError as e:
+            status, body = e.error.http_status, {"success": False, "error": e.error.to_json()}
+        except Exception as e:  # noqa: BLE001 - reported as SYS.1000, logged with its traceback
+            log.exception("job %s failed unexpectedly", job.uuid)
+            error = ErrorCode(errors.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
+            status, body = error.http_status, {"success": False, "error": error.to_json()}
+        job.http_status, job.body, job.finished_s = status, body, time.time()
+        self.store.finish_job(job.uuid, "succeeded" if body["success"] else "failed", status, body,
+                              job.context.errors)
+        job.done.set()
+        log.info("job %s finished: %s", job.uuid, "success" if body["success"] else body["error"]["code"])
+        if job.webhook:
+            self._post_webhook(job)
+        with self._lock:
+            self._threads.discard(threading.current_thread())
+
+    def _post_webhook(self, job: Job) -> None:
+        headers = {"X-Job-UUID": job.uuid, "X-Job-Success": "true" if job.success else "false"}
+        for attempt in range(self.webhook_attempts):
+            try:
+                answer = httpx.post(job.webhook, json=job.body, headers=headers, timeout=10)
+                if answer.status_code < 300:
+                    return
+                reason = f"HTTP {answer.status_code}"
+            except httpx.HTTPError as e:
+                reason = type(e).__name__
+            log.warning("job %s: web hook attempt %d failed: %s", job.uuid, attempt + 1, reason)
+            time.sleep(self.webhook_backoff_s * 2 ** attempt)
+
+    def view(self, job_uuid: str) -> JobView | None:
+        """The job, or None when unknown or expired."""
+        self.expire()
+        with self._lock:
+            job = self._jobs.get(job_uuid)
+        if job is not None:
+            running = not job.done.is_set()
+            return JobView(job.uuid, running, job.success, job.body, job.context.progress.to_json())
+        record = self.store.get_job(job_uuid)
+        if record is None or record.result is None:
+            return None
+        return JobView(record.uuid, False, bool(record.result.get("success")), record.result, None)
+
+    def cancel(self, job_uuid: str) -> bool:
+        """Ask a running job to stop; False when it is not running here."""
+        with self._lock:
+            job = self._jobs.get(job_uuid)
+        if job is None or job.done.is_set():
+            return False
+        job.context.cancel.set()
+        return True
+
+    def running(self) -> list[Job]:
+        with self._lock:
+            return [j for j in self._jobs.values() if not j.done.is_set()]
+
+    def exists(self, job_uuid: str) -> bool:
+        with self._lock:
+            if job_uuid in self._jobs:
+                return True
+        return self.store.get_job(job_uuid) is not None
+
+    def expire(self) -> None:
+        cutoff = time.time() - self.retention_s
+        with self._lock:
+            for uuid in [u for u, j in self._jobs.items() if j.finished_s and j.finished_s < cutoff]:
+                del self._jobs[uuid]
+        self.store.forget_jobs_before(cutoff)
+
+    def wait_all(self, timeout_s: float | None = None) -> bool:
+        """Wait for running jobs; True when none is left."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for job in self.running():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not job.done.wait(remaining):
+                return False
+        return True

@@ -1,0 +1,135 @@
+"""The CreateDataVolumeTemplateFromVolume request, checked by ZStack's rules.
+
+Strings are trimmed; ``name`` is required (empty allowed) and at most 255 characters; ``description``
+at most 2048; uuids are 32 lowercase hex digits; ``resourceUuid`` must also match ZStack's uuid
+pattern; ``backupStorageUuids`` omitted means "choose", ``[]`` or null elements are invalid;
+``systemTags`` must match one of SYSTEM_TAGS; ``userTags`` and ``tagUuids`` are kept as given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from zsagent.errors import invalid
+
+UUID_RE = re.compile(r"^[0-9a-f]{32}$")
+RESOURCE_UUID_RE = re.compile(r"^[0-9a-f]{8}[0-9a-f]{4}[1-5][0-9a-f]{3}[89ab][0-9a-f]{3}[0-9a-f]{12}$")
+
+# The system tags this agent understands: pattern -> what it does.
+SYSTEM_TAGS = {
+    r"ceph::copyMode::(copy|clone|flatten)": "how a Ceph backup storage gets the template "
+                                             "(overrides the backup storage's mode)",
+    r"template::format::(qcow2|raw)": "file format on filesystem/SFTP backup storage (overrides its format)",
+}
+_SYSTEM_TAG_RES = [re.compile(f"^{p}$") for p in SYSTEM_TAGS]
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    name: str
+    description: str | None
+    volume_uuid: str
+    backup_storage_uuids: tuple[str, ...] | None
+    resource_uuid: str | None
+    tag_uuids: tuple[str, ...]
+    system_tags: tuple[str, ...]
+    user_tags: tuple[str, ...]
+
+    def system_tag(self, prefix: str) -> str | None:
+        """The value of the last system tag ``<prefix>::<value>``, if any."""
+        found = None
+        for tag in self.system_tags:
+            if tag.startswith(prefix + "::"):
+                found = tag[len(prefix) + 2:]
+        return found
+
+    def fingerprint(self) -> str:
+        """Identifies the parameters, for idempotent retries with the same resourceUuid."""
+        fields = {"name": self.name, "description": self.description, "volumeUuid": self.volume_uuid,
+                  "backupStorageUuids": self.backup_storage_uuids, "systemTags": self.system_tags,
+                  "userTags": self.user_tags, "tagUuids": self.tag_uuids}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def parse_body(raw: bytes | str | dict, path_volume_uuid: str | None = None) -> CreateRequest:
+    """Parse and check a request body; the path's volumeUuid wins over the body's."""
+    if isinstance(raw, dict):
+        body = raw
+    else:
+        try:
+            body = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise invalid(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    params = body.get("params")
+    if not isinstance(params, dict):
+        raise invalid("field 'params' is required and must be an object")
+
+    name = _string(params, "name", required=True, max_length=255)
+    description = _string(params, "description", max_length=2048)
+    volume_uuid = path_volume_uuid if path_volume_uuid is not None else _string(params, "volumeUuid",
+                                                                                 required=True)
+    volume_uuid = _uuid(volume_uuid.strip(), "volumeUuid")
+    bs = params.get("backupStorageUuids")
+    if bs is not None:
+        bs = _string_list(params, "backupStorageUuids")
+        if not bs:
+            raise invalid("field 'backupStorageUuids' must not be empty; omit it to let the agent choose")
+        bs = tuple(dict.fromkeys(_uuid(u, "backupStorageUuids") for u in bs))
+    resource_uuid = _string(params, "resourceUuid")
+    if resource_uuid is not None and not RESOURCE_UUID_RE.match(resource_uuid):
+        raise invalid(f"field 'resourceUuid' {resource_uuid!r} is not a valid ZStack uuid "
+                      "(32 lowercase hex digits, version 1-5, variant 8-b)")
+    tag_uuids = tuple(_uuid(u, "tagUuids") for u in _string_list(params, "tagUuids"))
+    system_tags = _string_list(body, "systemTags")
+    for tag in system_tags:
+        if not any(r.match(tag) for r in _SYSTEM_TAG_RES):
+            raise invalid(f"system tag {tag!r} is not supported; supported patterns: "
+                          + ", ".join(SYSTEM_TAGS))
+    user_tags = _string_list(body, "userTags")
+    return CreateRequest(name, description, volume_uuid, bs, resource_uuid or None, tag_uuids,
+                         tuple(system_tags), tuple(user_tags))
+
+
+def _string(obj: dict[str, Any], key: str, required: bool = False, max_length: int | None = None) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise invalid(f"field '{key}' is required")
+        return None
+    if not isinstance(value, str):
+        raise invalid(f"field '{key}' must be a string, not {_json_type(value)}")
+    value = value.strip()
+    if max_length is not None and len(value) > max_length:
+        raise invalid(f"field '{key}' is {len(value)} characters long; the limit is {max_length}")
+    return value
+
+
+def _string_list(obj: dict[str, Any], key: str) -> list[str]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid(f"field '{key}' must be a list of strings, not {_json_type(value)}")
+    for item in value:
+        if item is None:
+            raise invalid(f"field '{key}' must not contain null")
+        if not isinstance(item, str):
+            raise invalid(f"field '{key}' must contain only strings, not {_json_type(item)}")
+    return [item.strip() for item in value]
+
+
+def _uuid(value: str, key: str) -> str:
+    if not UUID_RE.match(value):
+        raise invalid(f"field '{key}': {value!r} is not a uuid (32 lowercase hex digits)")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)

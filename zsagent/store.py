@@ -1,0 +1,205 @@
+"""The agent's records in SQLite (WAL): images and their inventories, jobs, and a journal of temporary
+artifacts so that a restart can clean up after a crash."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    uuid         TEXT PRIMARY KEY,
+    account_uuid TEXT NOT NULL,
+    volume_uuid  TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,   -- the request's parameters, for idempotent retries
+    inventory    TEXT NOT NULL,   -- ImageInventory as JSON
+    refs         TEXT NOT NULL,   -- per backup storage: what to remove on delete (JSON list)
+    tags         TEXT NOT NULL,   -- systemTags, userTags, tagUuids as given (JSON)
+    created_s    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    uuid         TEXT PRIMARY KEY,
+    image_uuid   TEXT,
+    volume_uuid  TEXT,
+    state        TEXT NOT NULL,   -- queued | running | succeeded | failed
+    result       TEXT,            -- the response body (JSON) once finished
+    http_status  INTEGER,
+    errors       TEXT,            -- per backup storage errors (JSON), also on success
+    created_s    REAL NOT NULL,
+    finished_s   REAL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_uuid     TEXT NOT NULL,
+    kind         TEXT NOT NULL,   -- rbd-snapshot | rbd-image | file | sftp-file
+    spec         TEXT NOT NULL,   -- where the artifact is (JSON)
+    created_s    REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    uuid: str
+    account_uuid: str
+    volume_uuid: str
+    fingerprint: str
+    inventory: dict[str, Any]
+    refs: list[dict[str, Any]]
+    tags: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    uuid: str
+    image_uuid: str | None
+    volume_uuid: str | None
+    state: str
+    result: dict[str, Any] | None
+    http_status: int | None
+    errors: list[dict[str, Any]]
+    created_s: float
+    finished_s: float | None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A temporary thing a job creates: ``kind`` and where it is (``spec``)."""
+
+    id: int
+    job_uuid: str
+    kind: str
+    spec: dict[str, Any]
+
+
+class Store:
+    """One SQLite database; safe to use from several threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{path}: store schema {version} is newer than this agent ({SCHEMA_VERSION})")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- images ------------------------------------------------------------------------------------
+
+    def put_image(self, record: ImageRecord) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?)",
+                       (record.uuid, record.account_uuid, record.volume_uuid, record.fingerprint,
+                        json.dumps(record.inventory), json.dumps(record.refs), json.dumps(record.tags),
+                        time.time()))
+
+    def get_image(self, uuid: str) -> ImageRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM images WHERE uuid=?", (uuid,)).fetchone()
+        return _image(row) if row else None
+
+    def list_images(self) -> list[ImageRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM images ORDER BY created_s, uuid").fetchall()
+        return [_image(r) for r in rows]
+
+    def delete_image(self, uuid: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM images WHERE uuid=?", (uuid,))
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def add_job(self, uuid: str, image_uuid: str | None, volume_uuid: str | None) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO jobs (uuid, image_uuid, volume_uuid, state, created_s) VALUES (?,?,?,?,?)",
+                       (uuid, image_uuid, volume_uuid, "queued", time.time()))
+
+    def set_job_state(self, uuid: str, state: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state=? WHERE uuid=?", (state, uuid))
+
+    def finish_job(self, uuid: str, state: str, http_status: int, result: dict[str, Any],
+                   errors: list[dict[str, Any]] | None = None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state=?, http_status=?, result=?, errors=?, finished_s=? WHERE uuid=?",
+                       (state, http_status, json.dumps(result), json.dumps(errors or []), time.time(), uuid))
+
+    def get_job(self, uuid: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE uuid=?", (uuid,)).fetchone()
+        return _job(row) if row else None
+
+    def unfinished_jobs(self) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE state IN ('queued','running')").fetchall()
+        return [_job(r) for r in rows]
+
+    def forget_jobs_before(self, finished_before_s: float) -> int:
+        with self._tx() as db:
+            return db.execute("DELETE FROM jobs WHERE finished_s IS NOT NULL AND finished_s < ?",
+                              (finished_before_s,)).rowcount
+
+    # -- journal of temporary artifacts ------------------------------------------------------------
+
+    def journal(self, job_uuid: str, kind: str, spec: dict[str, Any]) -> int:
+        """Record an artifact *before* it is created; returns its id."""
+        with self._tx() as db:
+            return db.execute("INSERT INTO journal (job_uuid, kind, spec, created_s) VALUES (?,?,?,?)",
+                              (job_uuid, kind, json.dumps(spec, sort_keys=True), time.time())).lastrowid
+
+    def clear_journal(self, job_uuid: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM journal WHERE job_uuid=?", (job_uuid,))
+
+    def clear_artifact(self, artifact_id: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM journal WHERE id=?", (artifact_id,))
+
+    def artifacts(self, job_uuid: str | None = None) -> list[Artifact]:
+        with self._lock:
+            if job_uuid is None:
+                rows = self._db.execute("SELECT * FROM journal ORDER BY id").fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM journal WHERE job_uuid=? ORDER BY id",
+                                        (job_uuid,)).fetchall()
+        return [Artifact(r["id"], r["job_uuid"], r["kind"], json.loads(r["spec"])) for r in rows]
+
+
+def _image(row: sqlite3.Row) -> ImageRecord:
+    return ImageRecord(row["uuid"], row["account_uuid"], row["volume_uuid"], row["fingerprint"],
+                       json.loads(row["inventory"]), json.loads(row["refs"]), json.loads(row["tags"]))
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(row["uuid"], row["image_uuid"], row["volume_uuid"], row["state"],
+                     json.loads(row["result"]) if row["result"] else None, row["http_status"],
+                     json.loads(row["errors"]) if row["errors"] else [], row["created_s"], row["finished_s"])
