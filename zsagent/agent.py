@@ -45,6 +45,6 @@ def build_agent(config: Config) -> Agent:
     interrupted = service.reconcile()
     if interrupted:
         log.warning("jobs interrupted by the last stop, now failed: %s", ", ".join(interrupted))
-    jobs = JobManager(store, config.agent.job_retention_s)
+    jobs = JobManager(store, config.agent.job_retention_s, metrics=service.metrics)
     app = create_app(service, jobs, sessions_for(config))
     return Agent(config, store, service, jobs, app)

@@ -17,6 +17,7 @@ import httpx
 
 from zsagent import errors
 from zsagent.errors import ErrorCode, ZsError
+from zsagent.metrics import Metrics
 from zsagent.service import JobContext
 from zsagent.store import Store
 
@@ -57,8 +58,9 @@ class JobView:
 
 class JobManager:
     def __init__(self, store: Store, retention_s: int = 3 * 3600, webhook_attempts: int = 3,
-                 webhook_backoff_s: float = 1.0) -> None:
+                 webhook_backoff_s: float = 1.0, metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.retention_s = retention_s
         self.webhook_attempts = webhook_attempts
         self.webhook_backoff_s = webhook_backoff_s
@@ -92,6 +94,8 @@ class JobManager:
         job.http_status, job.body, job.finished_s = status, body, time.time()
         self.store.finish_job(job.uuid, "succeeded" if body["success"] else "failed", status, body,
                               job.context.errors)
+        if self.metrics is not None:
+            self.metrics.jobs.labels("success" if body["success"] else body["error"]["code"]).inc()
         job.done.set()
         log.info("job %s finished: %s", job.uuid, "success" if body["success"] else body["error"]["code"])
         if job.webhook:
@@ -125,14 +129,26 @@ class JobManager:
             return None
         return JobView(record.uuid, False, bool(record.result.get("success")), record.result, None)
 
-    def cancel(self, job_uuid: str) -> bool:
+    def cancel(self, job_uuid: str, reason: str = "cancelled by request") -> bool:
         """Ask a running job to stop; False when it is not running here."""
         with self._lock:
             job = self._jobs.get(job_uuid)
         if job is None or job.done.is_set():
             return False
-        job.context.cancel.set()
+        job.context.cancel_with(reason)
         return True
+
+    def drain(self, drain_s: float) -> list[str]:
+        """Let running jobs finish for ``drain_s``, then cancel the rest and wait for them to clean up.
+
+        Returns the uuids of the jobs that had to be cancelled."""
+        if self.wait_all(drain_s):
+            return []
+        cancelled = [job.uuid for job in self.running()]
+        for uuid in cancelled:
+            self.cancel(uuid, f"the agent is shutting down and the drain time of {drain_s:g} s ran out")
+        self.wait_all()
+        return cancelled
 
     def running(self) -> list[Job]:
         with self._lock:

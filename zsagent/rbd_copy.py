@@ -47,7 +47,7 @@ def rbd_template_sink(mode: CephCopyMode, rbd_module, src_ioctx, volume: str, sn
 
 def copy_rbd_volume(rbd_module, ioctx, volume: str, snapshot: str, sinks: Sequence[Sink],
                     config: PipelineConfig | None = None, *, progress: ProgressCallback | None = None,
-                    cancel: threading.Event | None = None) -> CopyResult:
+                    cancel: threading.Event | None = None, hash_content: bool = True) -> CopyResult:
     """Take ``volume@snapshot``, copy it into ``sinks`` in one pass, then release the snapshot.
 
     The snapshot must not exist yet (it is named after the new template, so a clash means a retry of a
@@ -58,7 +58,7 @@ def copy_rbd_volume(rbd_module, ioctx, volume: str, snapshot: str, sinks: Sequen
     try:
         source = RbdSnapshotSource(rbd_module, ioctx, volume, snapshot)
         try:
-            return run_copy(source, sinks, config, progress=progress, cancel=cancel)
+            return run_copy(source, sinks, config, progress=progress, cancel=cancel, hash_content=hash_content)
         finally:
             source.close()
     finally:

@@ -28,6 +28,7 @@ from zsagent.copy.pipeline import CopyResult, run_copy
 from zsagent.destinations import Destination, build_destination
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.inventory import backup_storage_ref, image_inventory, zstack_date
+from zsagent.metrics import Metrics
 from zsagent.rbd_copy import copy_rbd_volume
 from zsagent.request import CreateRequest
 from zsagent.store import ImageRecord, Store
@@ -67,13 +68,19 @@ class JobContext:
     uuid: str = field(default_factory=lambda: uuidlib.uuid4().hex)
     progress: Progress = field(default_factory=Progress)
     cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = "cancelled by request"
     errors: list[dict[str, Any]] = field(default_factory=list)  # per backup storage failures
+
+    def cancel_with(self, reason: str) -> None:
+        self.cancel_reason = reason
+        self.cancel.set()
 
 
 class TemplateService:
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, metrics: Metrics | None = None) -> None:
         self.config = config
         self.store = store
+        self.metrics = metrics or Metrics()
         uses_ceph = any(s.type == "ceph" for s in (*config.primary_storage, *config.backup_storage))
         self.ceph = open_backend(config.ceph) if uses_ceph else None
         self._cluster = None
@@ -125,8 +132,17 @@ class TemplateService:
                 raise errors.not_found(f"volume[uuid:{request.volume_uuid}] is not on any configured "
                                        "primary storage")
             storages = self._backup_storages(request, volume)
-            with self._volume_lock(volume.uuid), self._slot(job):
-                return self._run(request, account_uuid, volume, storages, image_uuid, job)
+            self.metrics.queued.inc()
+            queued = True
+            try:
+                with self._volume_lock(volume.uuid), self._slot(job):
+                    self.metrics.queued.dec()
+                    queued = False
+                    with self.metrics.running.track_inprogress():
+                        return self._run(request, account_uuid, volume, storages, image_uuid, job)
+            finally:
+                if queued:
+                    self.metrics.queued.dec()
         finally:
             with self._create_guard:
                 self._claimed.discard(image_uuid)
@@ -189,7 +205,7 @@ class TemplateService:
     def _slot(self, job: JobContext) -> Iterator[None]:
         while not self._slots.acquire(timeout=0.2):
             if job.cancel.is_set():
-                raise ZsError(errors.CANCELLED, "the job was cancelled while queued")
+                raise ZsError(errors.CANCELLED, f"the job was cancelled while queued: {job.cancel_reason}")
         try:
             yield
         finally:
@@ -221,16 +237,24 @@ class TemplateService:
             for dest in destinations:
                 for kind, spec in dest.artifacts:
                     self.store.journal(job.uuid, kind, spec)
+            log.info("job %s: copying volume %s (%d bytes) into image %s on %s", job.uuid, volume.uuid, volume.size,
+                     image_uuid, [d.install_path for d in destinations],
+                     extra={"job": job.uuid, "image": image_uuid, "volume": volume.uuid})
+            started = time.monotonic()
             result = self._copy(volume, snapshot, destinations, job)
+            self._count(result, time.monotonic() - started)
             job.progress.phase = "publishing"
             inventory = self._record(request, account_uuid, volume, image_uuid, destinations, result, job)
             self.store.clear_journal(job.uuid)
             job.progress.phase = "done"
-            log.info("job %s: image %s from volume %s ready on %s", job.uuid, image_uuid, volume.uuid,
-                     [r["backupStorageUuid"] for r in inventory["backupStorageRefs"]])
+            log.info("job %s: image %s from volume %s ready on %s, md5 %s", job.uuid, image_uuid, volume.uuid,
+                     [r["backupStorageUuid"] for r in inventory["backupStorageRefs"]], inventory["md5Sum"],
+                     extra={"job": job.uuid, "image": image_uuid, "volume": volume.uuid})
             return inventory
-        except BaseException:
+        except BaseException as e:
             job.progress.phase = "failed"
+            log.warning("job %s: image %s from volume %s failed: %s", job.uuid, image_uuid, volume.uuid, e,
+                        extra={"job": job.uuid, "image": image_uuid, "volume": volume.uuid})
             self.clean_job(job.uuid)
             raise
         finally:
@@ -246,18 +270,21 @@ class TemplateService:
             job.progress.bytes_done, job.progress.bytes_total = done, total
 
         config = self.config.pipeline
+        # The raw content's MD5 is only needed for raw templates; qcow2 sinks hash their own bytes.
+        hash_content = any(d.format == "raw" for d in destinations)
         try:
             if volume.kind == "ceph":
                 with self.cluster.open_ioctx(volume.pool) as ioctx:
                     return copy_rbd_volume(self.ceph.rbd, ioctx, volume.image, snapshot, sinks, config,
-                                           progress=progress, cancel=job.cancel)
+                                           progress=progress, cancel=job.cancel, hash_content=hash_content)
             source = _file_source(volume, config.depth)
             try:
-                return run_copy(source, sinks, config, progress=progress, cancel=job.cancel)
+                return run_copy(source, sinks, config, progress=progress, cancel=job.cancel,
+                                hash_content=hash_content)
             finally:
                 source.close()
         except CopyCancelled as e:
-            raise ZsError(errors.CANCELLED, f"creating the template was cancelled: {e}") from e
+            raise ZsError(errors.CANCELLED, f"creating the template was cancelled: {job.cancel_reason}") from e
         except AllSinksFailed as e:
             job.errors += [{"backupStorageUuid": _bs_of(destinations, err.sink), "error": str(err)}
                            for err in e.errors]
@@ -272,6 +299,13 @@ class TemplateService:
                 raise errors.operation_failed(f"Ceph refused an operation on volume[uuid:{volume.uuid}]",
                                               ErrorCode(errors.OPERATION_FAILURE, f"{type(e).__name__}: {e}")) from e
             raise
+
+    def _count(self, result: CopyResult, seconds: float) -> None:
+        self.metrics.bytes_read.inc(result.stats.bytes_read)
+        self.metrics.bytes_written.inc(result.stats.bytes_written)
+        self.metrics.bytes_hashed.inc(result.size)
+        self.metrics.copy_seconds.observe(seconds)
+        self.metrics.throughput.observe(result.size / max(seconds, 1e-6))
 
     def _record(self, request: CreateRequest, account_uuid: str, volume: Volume, image_uuid: str,
                 destinations: list[Destination], result: CopyResult, job: JobContext) -> dict[str, Any]:

@@ -192,3 +192,11 @@ def test_config_rejects_nonsense():
         PipelineConfig(chunk_bytes=1000)
     with pytest.raises(ValueError):
         PipelineConfig(depth=0)
+
+
+def test_content_hash_can_be_skipped_when_no_sink_needs_it():
+    content = b"\x03" * (64 * KiB)
+    sink = MemorySink()
+    result = run_copy(MemorySource(content, [(0, 16 * KiB)]), [sink], PipelineConfig(chunk_bytes=16 * KiB),
+                      hash_content=False)
+    assert result.md5 is None and bytes(sink.buf[:16 * KiB]) == content[:16 * KiB] and sink.committed

@@ -8,7 +8,8 @@ import re
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from zsagent import errors
 from zsagent.api.query import parse_conditions
@@ -53,6 +54,7 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
     """``sessions`` has ``account_of(session_uuid) -> account_uuid`` (raises ZsError ID.1001)."""
     app = FastAPI(title="zsagent", version="0.1.0",
                   description="ZStack data volume templates from Ceph and file volumes")
+    app.state.accepting = True  # False while the daemon drains on shutdown
 
     @app.exception_handler(ZsError)
     async def _zs_error(request: Request, exc: ZsError) -> JSONResponse:
@@ -67,6 +69,8 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
                   "application/json": {"schema": _CREATE_BODY_SCHEMA}}}})
     async def create_data_volume_template(volumeUuid: str, request: Request) -> JSONResponse:  # noqa: N803
         session = session_from_header(request.headers.get("authorization"))  # ID.1000 at once
+        if not app.state.accepting:
+            raise errors.operation_failed("the agent is shutting down; retry on another agent or later")
         job_uuid = request.headers.get("x-job-uuid")
         webhook = request.headers.get("x-web-hook")
         is_async = bool(job_uuid or webhook or "respond-async" in request.headers.get("prefer", ""))
@@ -140,6 +144,10 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
         account_for(request)
         await asyncio.to_thread(service.delete_image, uuid)
         return JSONResponse({"success": True})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:

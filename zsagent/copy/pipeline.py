@@ -39,7 +39,7 @@ class PipelineConfig:
     """chunk_bytes: size of one read (and of the zero check); depth: reads in flight at once."""
 
     chunk_bytes: int = 4 * MiB
-    depth: int = 8
+    depth: int = 4
 
     def __post_init__(self) -> None:
         if self.chunk_bytes < 4096 or self.chunk_bytes % 4096:
@@ -60,12 +60,13 @@ class CopyStats:
 
 @dataclass
 class CopyResult:
-    """size: virtual bytes; md5: hex digest of the full virtual content (what a raw reader gets);
+    """size: virtual bytes; md5: hex digest of the full virtual content (what a raw reader gets), None
+    when the copy was asked not to hash it;
     published: one result per sink that committed, in the order the sinks were given;
     failed: the sinks that failed while others succeeded."""
 
     size: int
-    md5: str
+    md5: str | None
     published: list[SinkResult]
     failed: list[SinkError] = field(default_factory=list)
     stats: CopyStats = field(default_factory=CopyStats)
@@ -93,8 +94,9 @@ class _Copy:
     """State of one running copy, shared by the caller, the read workers and the hasher thread."""
 
     def __init__(self, source: Source, sinks: Sequence[Sink], config: PipelineConfig,
-                 progress: ProgressCallback | None, cancel: threading.Event | None) -> None:
+                 progress: ProgressCallback | None, cancel: threading.Event | None, hash_content: bool) -> None:
         self.source = source
+        self.hash_content = hash_content
         self.sinks = list(sinks)
         self.config = config
         self.progress = progress
@@ -180,7 +182,9 @@ class _Copy:
             try:
                 self.check_cancel()
                 data = future.result() if future is not None else None
-                if data is None:
+                if not self.hash_content:
+                    pass
+                elif data is None:
                     self._hash_zeros(piece.length)
                 else:
                     self.md5.update(data)
@@ -285,19 +289,22 @@ class _Copy:
                 sink.abort()
         if self.sinks and not published:
             raise AllSinksFailed(list(self.failed.values()))
-        return CopyResult(self.source.size, self.md5.hexdigest(), published,
+        return CopyResult(self.source.size, self.md5.hexdigest() if self.hash_content else None, published,
                           list(self.failed.values()), self.stats)
 
 
 def run_copy(source: Source, sinks: Sequence[Sink], config: PipelineConfig | None = None, *,
-             progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> CopyResult:
+             progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+             hash_content: bool = True) -> CopyResult:
     """Copy ``source`` into every sink in one read pass and return the MD5 of the full virtual content.
 
-    With no sinks it only hashes. A source error, a cancel, or the failure of every sink stops the copy,
-    aborts all sinks and raises (SourceError, CopyCancelled, AllSinksFailed); a sink that fails while
-    others go on is aborted and listed in ``CopyResult.failed``.
+    With no sinks it only hashes. ``hash_content=False`` skips that MD5 when no one needs it (every sink
+    stores another format and hashes its own bytes): zero ranges then cost nothing at all.
+    A source error, a cancel, or the failure of every sink stops the copy, aborts all sinks and raises
+    (SourceError, CopyCancelled, AllSinksFailed); a sink that fails while others go on is aborted and
+    listed in ``CopyResult.failed``.
     """
-    return _Copy(source, sinks, config or PipelineConfig(), progress, cancel).run()
+    return _Copy(source, sinks, config or PipelineConfig(), progress, cancel, hash_content).run()
 
 
 __all__ = ["CopyError", "CopyResult", "CopyStats", "PipelineConfig", "ProgressCallback", "plan", "run_copy"]

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from zsagent.config import ConfigError, load_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "systemd" / "zsagent.toml.example"
+
+
+def test_the_annotated_example_is_a_valid_config():
+    config = load_config(EXAMPLE)
+    assert config.agent.listen == "127.0.0.1:7762"
+    assert config.agent.max_jobs == 2
+    assert [b.type for b in config.backup_storage] == ["ceph", "filesystem", "sftp"]
+    assert config.backup_storage[0].default and config.backup_storage[0].mode == "copy"
+    assert config.primary_storage[0].pools == ("zs-pri",)
+    assert config.pipeline.chunk_bytes == 4 * 1024 * 1024
+
+
+def write(tmp_path, text):
+    path = tmp_path / "zsagent.toml"
+    path.write_text(text)
+    return path
+
+
+BS = '[[backup_storage]]\nuuid = "1b8ab68b7e224a30aa31f00f1db2b5a6"\n'
+BAD = [
+    ("[agent]\nmax_jobs = 0\n", "agent.max_jobs: must be at least 1"),
+    ("[agent]\nmax_jobs = \"two\"\n", "agent.max_jobs: must be int, not str"),
+    ("[agent]\nlisten = 7762\n", "agent.listen: must be str"),
+    ("[agent]\nnope = 1\n", "agent.nope: unknown key"),
+    ("[agents]\n", "agents: unknown section"),
+    ("[ceph]\nbackend = \"fake\"\n", "ceph.fake_root: required"),
+    ("[ceph]\nbackend = \"ceph\"\n", "ceph.backend: 'ceph' is not one of rados, fake"),
+    ("[pipeline]\nchunk_bytes = 1000\n", "pipeline: chunk_bytes must be a positive multiple of 4096"),
+    (BS + 'type = "ceph"\n', "backup_storage[0].pool: required for type \"ceph\""),
+    (BS + 'type = "nfs"\n', "backup_storage[0].type: 'nfs' is not one of"),
+    (BS + 'type = "filesystem"\npath = "/x"\nformat = "vmdk"\n', "backup_storage[0].format: 'vmdk'"),
+    (BS + 'type = "ceph"\npool = "p"\nmode = "move"\n', "backup_storage[0].mode: 'move'"),
+    ('[[backup_storage]]\nuuid = "ABC"\ntype = "ceph"\npool = "p"\n', "backup_storage[0].uuid: 'ABC' is not"),
+    ('[[backup_storage]]\ntype = "ceph"\n', "backup_storage[0].uuid: required"),
+    (BS + 'type = "sftp"\nhostname = "h"\npath = "/p"\n', "backup_storage[0].private_key: required"),
+    (BS + 'type = "ceph"\npool = "a"\n' + BS + 'type = "ceph"\npool = "b"\n', "is used twice"),
+    ('[[primary_storage]]\nuuid = "1b8ab68b7e224a30aa31f00f1db2b5a6"\ntype = "ceph"\npools = []\n',
+     "primary_storage[0].pools: must be a non-empty list"),
+    ("this is = not toml =", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "says"), BAD)
+def test_a_bad_config_names_the_file_the_key_and_the_reason(tmp_path, text, says):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and says in message
+    assert "\n" not in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml")

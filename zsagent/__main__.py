@@ -1,0 +1,3 @@
+from zsagent.cli import main
+
+main()

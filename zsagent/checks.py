@@ -1,0 +1,107 @@
+"""`zsagent check`: is everything the configuration names there and usable? Each finding says what
+was checked and, for a problem, how to fix it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+from zsagent.config import Config
+
+Finding = tuple[bool, str, str]  # (ok, what was checked / what is wrong, how to fix it)
+
+
+def run_checks(config: Config) -> list[Finding]:
+    findings = [(True, f"configuration {config.source} parses", "")]
+    findings += _data_dir(config)
+    findings += _sessions(config)
+    findings += list(_ceph(config))
+    findings += list(_file_roots(config))
+    findings += list(_sftp(config))
+    return findings
+
+
+def _data_dir(config: Config) -> list[Finding]:
+    path = config.agent.data_dir
+    if _writable_dir(path, create=True):
+        return [(True, f"data_dir {path} is writable", "")]
+    return [(False, f"data_dir {path} cannot be created or written",
+             f"create it and let the agent's user write it: install -d -m 0750 {path}")]
+
+
+def _sessions(config: Config) -> list[Finding]:
+    if config.auth.zstack_url:
+        return [(True, f"sessions are checked by the management node {config.auth.zstack_url}", "")]
+    path = config.auth.sessions_file
+    if path and os.access(path, os.R_OK):
+        return [(True, f"sessions file {path} is readable", "")]
+    return [(False, f"sessions file {path} cannot be read",
+             "create it with one '<sessionUuid> <accountUuid>' per line, or set auth.zstack_url")]
+
+
+def _ceph(config: Config) -> Iterator[Finding]:
+    pools = [p for ps in config.primary_storage if ps.type == "ceph" for p in ps.pools]
+    pools += [bs.pool for bs in config.backup_storage if bs.type == "ceph"]
+    if not pools:
+        return
+    from zsagent.ceph import open_backend
+
+    try:
+        backend = open_backend(config.ceph)
+        cluster = backend.connect(timeout_s=10)
+    except Exception as e:  # noqa: BLE001 - any failure to connect is the finding
+        where = config.ceph.fake_root if config.ceph.backend == "fake" else config.ceph.conf
+        yield (False, f"Ceph ({config.ceph.backend}, {where}) cannot be reached: {type(e).__name__}: {e}",
+               "check ceph.conf / ceph.keyring / ceph.client, that the monitors are up, and that "
+               "`ceph -s` works with the same files")
+        return
+    try:
+        yield (True, f"Ceph is reachable ({config.ceph.backend})", "")
+        for pool in dict.fromkeys(pools):
+            if cluster.pool_exists(pool):
+                yield (True, f"Ceph pool {pool} exists", "")
+            else:
+                yield (False, f"Ceph pool {pool} does not exist",
+                       f"create it: ceph osd pool create {pool} && rbd pool init {pool}")
+    finally:
+        cluster.shutdown()
+
+
+def _file_roots(config: Config) -> Iterator[Finding]:
+    for ps in config.primary_storage:
+        if ps.type == "filesystem":
+            if os.path.isdir(ps.path):
+                yield (True, f"primary storage {ps.uuid}: {ps.path} exists", "")
+            else:
+                yield (False, f"primary storage {ps.uuid}: {ps.path} is not a directory",
+                       "mount the primary storage there, or correct its path")
+    for bs in config.backup_storage:
+        if bs.type == "filesystem":
+            if _writable_dir(bs.path):
+                yield (True, f"backup storage {bs.uuid}: {bs.path} is writable", "")
+            else:
+                yield (False, f"backup storage {bs.uuid}: {bs.path} is missing or not writable",
+                       "mount it there and let the agent write it (and list it in ReadWritePaths=)")
+
+
+def _sftp(config: Config) -> Iterator[Finding]:
+    for bs in config.backup_storage:
+        if bs.type != "sftp":
+            continue
+        try:
+            from zsagent.sftp.check import check_sftp_backup_storage
+        except ImportError:
+            yield (False, f"backup storage {bs.uuid}: SFTP support is not installed", "reinstall zsagent")
+            continue
+        yield check_sftp_backup_storage(bs)
+
+
+def _writable_dir(path: str, create: bool = False) -> bool:
+    try:
+        if create:
+            os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".zsagent-check-"):
+            return True
+    except OSError:
+        return False

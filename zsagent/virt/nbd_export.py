@@ -1,0 +1,92 @@
+"""A Source over an NBD export that someone else serves on a unix socket (QEMU's backup export).
+
+Like ``zsagent.sources.qemu_nbd.QemuNbdSource`` but without a server of its own: the size and the
+allocation map (NBD block status, ``base:allocation``) come from one handle, and each reading thread gets
+a libnbd handle of its own, so reads run in parallel. ``close()`` disconnects every handle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from zsagent.copy.extents import Extent, Kind, coalesce
+
+# Ask for block status in pieces of at most this many bytes (servers may cap larger requests anyway).
+_STATUS_REQUEST_BYTES = 1 << 30
+
+
+class NbdExportSource:
+    """Read export ``export_name`` served on the unix socket ``socket_path`` (read-only use)."""
+
+    def __init__(self, socket_path: str, export_name: str) -> None:
+        import nbd  # Debian's python3-libnbd
+
+        self._nbd = nbd
+        self.socket_path = socket_path
+        self.export_name = export_name
+        self._handles: list = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._main = self._connect()
+        self.size = self._main.get_size()
+        self._has_status = bool(self._main.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION))
+
+    def _connect(self):
+        handle = self._nbd.NBD()
+        handle.add_meta_context(self._nbd.CONTEXT_BASE_ALLOCATION)
+        handle.set_export_name(self.export_name)
+        handle.connect_unix(self.socket_path)
+        with self._lock:
+            if self._closed:
+                handle.shutdown()
+                raise OSError(f"NBD source {self.socket_path} is closed")
+            self._handles.append(handle)
+        return handle
+
+    def extents(self) -> Iterator[Extent]:
+        if not self._has_status:
+            return iter([Extent(0, self.size, Kind.DATA)]) if self.size else iter([])
+        found: list[Extent] = []
+        offset = 0
+        while offset < self.size:
+            start = offset
+
+            def on_status(_context: str, at: int, entries: list[int], _error) -> int:
+                pos = at
+                for length, flags in zip(entries[::2], entries[1::2], strict=True):
+                    length = min(length, self.size - pos)
+                    if length <= 0:
+                        break
+                    found.append(Extent(pos, length, self._kind(flags)))
+                    pos += length
+                return 0
+
+            self._main.block_status(min(_STATUS_REQUEST_BYTES, self.size - start), start, on_status)
+            reached = found[-1].end if found else start
+            if reached <= start:
+                raise OSError(f"NBD block status made no progress at offset {start}")
+            offset = reached
+        return coalesce(found)
+
+    def _kind(self, flags: int) -> Kind:
+        # Unallocated but not known to read as zeros: read it like data.
+        if not flags & self._nbd.STATE_ZERO:
+            return Kind.DATA
+        return Kind.HOLE if flags & self._nbd.STATE_HOLE else Kind.ZERO
+
+    def read(self, offset: int, length: int) -> bytes:
+        handle = getattr(self._local, "handle", None)
+        if handle is None:
+            handle = self._local.handle = self._connect()
+        return handle.pread(length, offset)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            handles, self._handles = self._handles, []
+        for handle in handles:
+            with contextlib.suppress(Exception):  # the export may be gone already
+                handle.shutdown()
