@@ -405,3 +405,26 @@ def test_a_failing_backup_storage_leaves_nothing_and_reports_why(api, tmp_path):
         answer = agent.post_create(vol, {"backupStorageUuids": [broken_bs, api.file_bs]})
         assert answer.status_code == 200
         assert [r["backupStorageUuid"] for r in answer.json()["inventory"]["backupStorageRefs"]] == [api.file_bs]
+
+
+def test_health_and_openapi_need_no_session(api):
+    assert api.client.get("/health").json() == {"status": "ok"}
+    spec = api.client.get("/openapi.json").json()
+    operation = spec["paths"]["/zstack/v1/images/data-volume-templates/from/volumes/{volumeUuid}"]["post"]
+    assert operation["summary"] == "CreateDataVolumeTemplateFromVolume"
+    assert "params" in operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
+
+
+def test_job_results_expire_after_the_retention_time(rbd_env, tmp_path):
+    env = rbd_env
+    raw = write_config(tmp_path, env.ceph_config, [{"uuid": uuid.uuid4().hex, "type": "ceph", "pools": [env.src_pool]}],
+                       [{"uuid": uuid.uuid4().hex, "type": "ceph", "pool": env.dst_pool, "default": True}],
+                       job_retention_s=0)
+    with running_agent(raw) as agent:
+        vol = ceph_volume(env, data=False)
+        answer = agent.post_create(vol, headers={"Prefer": "respond-async"})
+        location = answer.json()["location"]
+        agent.agent.jobs.wait_all(60)
+        time.sleep(0.05)
+        gone = agent.client.get(location)
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "SYS.1003"
