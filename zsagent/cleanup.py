@@ -22,6 +22,10 @@ def remove_artifact(kind: str, spec: dict[str, Any], ceph_backend=None, cluster=
         _release_rbd_snapshot(ceph_backend, cluster, spec["pool"], spec["image"], spec["snapshot"])
     elif kind == "file":
         remove_file(spec["path"], spec["root"])
+    elif kind.startswith("virt-"):  # a change to a libvirt domain (freeze, backup job, overlay)
+        from zsagent.virt import undo_step
+
+        undo_step(kind, spec)
     else:
         raise ValueError(f"unknown artifact kind {kind!r}")
 

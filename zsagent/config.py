@@ -56,6 +56,20 @@ class ImageDefaults:
 
 
 @dataclass(frozen=True)
+class VirtSettings:
+    """Volumes attached to libvirt domains on this host.
+
+    enabled: look for domains using a volume (false on storage-only hosts saves the lookup);
+    uri: the libvirt connection; runtime_dir: where QEMU's NBD export socket goes (QEMU must be able to
+    reach it: not under a private /tmp); freeze_timeout_s: longest a guest stays frozen."""
+
+    enabled: bool = True
+    uri: str = "qemu:///system"
+    runtime_dir: str = "/run/zsagent"
+    freeze_timeout_s: int = 30
+
+
+@dataclass(frozen=True)
 class PrimaryStorage:
     """Where volumes live: Ceph pools (image named by the volume uuid) or a file root in ZStack's
     layout (``<path>/{dataVolumes,rootVolumes}/acct-<account>/vol-<uuid>/<uuid>.{qcow2,raw}``)."""
@@ -97,6 +111,7 @@ class Config:
     ceph: CephConfig = field(default_factory=CephConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     image: ImageDefaults = field(default_factory=ImageDefaults)
+    virt: VirtSettings = field(default_factory=VirtSettings)
     primary_storage: tuple[PrimaryStorage, ...] = ()
     backup_storage: tuple[BackupStorage, ...] = ()
     source: str = "<defaults>"
@@ -138,7 +153,7 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     """Check a parsed TOML document and build the Config."""
-    known = {"agent", "auth", "ceph", "pipeline", "image", "primary_storage", "backup_storage"}
+    known = {"agent", "auth", "ceph", "pipeline", "image", "virt", "primary_storage", "backup_storage"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{source}: {key}: unknown section (expected one of {', '.join(sorted(known))})")
@@ -147,6 +162,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     ceph = _section(raw, "ceph", CephConfig, source)
     pipeline = _section(raw, "pipeline", PipelineConfig, source)
     image = _section(raw, "image", ImageDefaults, source)
+    virt = _section(raw, "virt", VirtSettings, source)
     if agent.max_jobs < 1:
         raise ConfigError(f"{source}: agent.max_jobs: must be at least 1")
     if ceph.backend == "fake" and not ceph.fake_root:
@@ -163,7 +179,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
             seen.add(item.uuid)
     if sum(bs.default for bs in backups) > 1:
         raise ConfigError(f"{source}: backup_storage.default: only one backup storage can be the default")
-    return Config(agent, auth, ceph, pipeline, image, primaries, backups, source)
+    return Config(agent, auth, ceph, pipeline, image, virt, primaries, backups, source)
 
 
 def _section(raw: dict[str, Any], name: str, cls, source: str):

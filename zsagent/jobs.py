@@ -93,7 +93,7 @@ class JobManager:
             status, body = error.http_status, {"success": False, "error": error.to_json()}
         job.http_status, job.body, job.finished_s = status, body, time.time()
         self.store.finish_job(job.uuid, "succeeded" if body["success"] else "failed", status, body,
-                              job.context.errors)
+                              job.context.errors, job.context.point_in_time)
         if self.metrics is not None:
             self.metrics.jobs.labels("success" if body["success"] else body["error"]["code"]).inc()
         job.done.set()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from zsagent.copy.pipeline import CopyResult, PipelineConfig, ProgressCallback, run_copy
 from zsagent.sinks.base import Sink
@@ -47,22 +47,31 @@ def rbd_template_sink(mode: CephCopyMode, rbd_module, src_ioctx, volume: str, sn
 
 def copy_rbd_volume(rbd_module, ioctx, volume: str, snapshot: str, sinks: Sequence[Sink],
                     config: PipelineConfig | None = None, *, progress: ProgressCallback | None = None,
-                    cancel: threading.Event | None = None, hash_content: bool = True) -> CopyResult:
+                    cancel: threading.Event | None = None, hash_content: bool = True,
+                    take_snapshot: Callable[[Callable[[], None]], None] | None = None) -> CopyResult:
     """Take ``volume@snapshot``, copy it into ``sinks`` in one pass, then release the snapshot.
 
     The snapshot must not exist yet (it is named after the new template, so a clash means a retry of a
-    job that is still running or left state behind: ImageExists from rbd).
+    job that is still running or left state behind: ImageExists from rbd). ``take_snapshot(create)``,
+    when given, decides how ``create()`` is called (e.g. with the guest's filesystems frozen).
     """
-    with rbd_module.Image(ioctx, volume) as image:
-        image.create_snap(snapshot)
+
+    def create() -> None:
+        with rbd_module.Image(ioctx, volume) as image:
+            image.create_snap(snapshot)
+
     try:
+        (take_snapshot or (lambda make: make()))(create)
         source = RbdSnapshotSource(rbd_module, ioctx, volume, snapshot)
         try:
             return run_copy(source, sinks, config, progress=progress, cancel=cancel, hash_content=hash_content)
         finally:
             source.close()
     finally:
-        release_snapshot(rbd_module, ioctx, volume, snapshot)
+        try:
+            release_snapshot(rbd_module, ioctx, volume, snapshot)
+        except rbd_module.ImageNotFound:  # the snapshot was never taken
+            pass
 
 
 def release_snapshot(rbd_module, ioctx, volume: str, snapshot: str) -> bool:

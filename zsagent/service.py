@@ -9,6 +9,7 @@ remove what a crash left behind.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -70,6 +71,7 @@ class JobContext:
     cancel: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = "cancelled by request"
     errors: list[dict[str, Any]] = field(default_factory=list)  # per backup storage failures
+    point_in_time: dict[str, Any] | None = None  # how consistent the copy is (see zsagent.virt)
 
     def cancel_with(self, reason: str) -> None:
         self.cancel_reason = reason
@@ -241,14 +243,17 @@ class TemplateService:
                      image_uuid, [d.install_path for d in destinations],
                      extra={"job": job.uuid, "image": image_uuid, "volume": volume.uuid})
             started = time.monotonic()
-            result = self._copy(volume, snapshot, destinations, job)
+            result = self._copy(volume, snapshot, destinations, job,
+                                require_quiesce=request.system_tag("consistency") == "quiesced")
             self._count(result, time.monotonic() - started)
             job.progress.phase = "publishing"
             inventory = self._record(request, account_uuid, volume, image_uuid, destinations, result, job)
             self.store.clear_journal(job.uuid)
             job.progress.phase = "done"
-            log.info("job %s: image %s from volume %s ready on %s, md5 %s", job.uuid, image_uuid, volume.uuid,
+            consistency = (job.point_in_time or {}).get("consistency", "stopped")
+            log.info("job %s: image %s from volume %s ready on %s, md5 %s, %s", job.uuid, image_uuid, volume.uuid,
                      [r["backupStorageUuid"] for r in inventory["backupStorageRefs"]], inventory["md5Sum"],
+                     consistency,
                      extra={"job": job.uuid, "image": image_uuid, "volume": volume.uuid})
             return inventory
         except BaseException as e:
@@ -261,8 +266,49 @@ class TemplateService:
             for dest in destinations:
                 dest.close()
 
+    @contextmanager
+    def _point_in_time(self, volume: Volume, job: JobContext, require_quiesce: bool):
+        """Yields (take_snapshot, live_source): how to take an RBD snapshot (under fsFreeze when a running
+        VM writes the volume), and for a file volume a running VM writes, the Source of its disk as it
+        was (libvirt pull backup or external snapshot); (None, None) when virt is disabled."""
+        settings = self.config.virt
+        if not settings.enabled:
+            yield None, None
+            return
+        from zsagent.virt import UndoJournal, VirtError, open_point_in_time
+
+        journal = UndoJournal(record=lambda kind, spec: self.store.journal(job.uuid, kind, spec),
+                              clear=self.store.clear_artifact)
+        target = (volume.pool, volume.image) if volume.kind == "ceph" else volume.path
+        taken: list = []
+
+        def take_snapshot(create) -> None:
+            pit = open_point_in_time("ceph", target, uri=settings.uri, require_quiesce=require_quiesce,
+                                     take_rbd_snapshot=create, freeze_timeout_s=settings.freeze_timeout_s,
+                                     journal=journal)
+            with pit:
+                pass
+            taken.append(pit.report)
+
+        try:
+            if volume.kind == "ceph":
+                yield take_snapshot, None
+                if taken:
+                    job.point_in_time = taken[0].to_json()
+                return
+            os.makedirs(settings.runtime_dir, exist_ok=True)
+            pit = open_point_in_time("file", target, uri=settings.uri, require_quiesce=require_quiesce,
+                                     freeze_timeout_s=settings.freeze_timeout_s, runtime_dir=settings.runtime_dir,
+                                     connections=self.config.pipeline.depth, journal=journal)
+            with pit as live_source:
+                job.point_in_time = pit.report.to_json()
+                yield None, live_source
+        except VirtError as e:
+            raise errors.operation_failed(f"cannot get a consistent point in time of volume[uuid:{volume.uuid}]",
+                                          ErrorCode(errors.OPERATION_FAILURE, str(e))) from e
+
     def _copy(self, volume: Volume, snapshot: str | None, destinations: list[Destination],
-              job: JobContext) -> CopyResult:
+              job: JobContext, require_quiesce: bool = False) -> CopyResult:
         sinks = [d.sink for d in destinations]
 
         def progress(done: int, total: int) -> None:
@@ -273,16 +319,21 @@ class TemplateService:
         # The raw content's MD5 is only needed for raw templates; qcow2 sinks hash their own bytes.
         hash_content = any(d.format == "raw" for d in destinations)
         try:
-            if volume.kind == "ceph":
-                with self.cluster.open_ioctx(volume.pool) as ioctx:
-                    return copy_rbd_volume(self.ceph.rbd, ioctx, volume.image, snapshot, sinks, config,
-                                           progress=progress, cancel=job.cancel, hash_content=hash_content)
-            source = _file_source(volume, config.depth)
-            try:
-                return run_copy(source, sinks, config, progress=progress, cancel=job.cancel,
-                                hash_content=hash_content)
-            finally:
-                source.close()
+            with self._point_in_time(volume, job, require_quiesce) as (take_snapshot, live_source):
+                if volume.kind == "ceph":
+                    with self.cluster.open_ioctx(volume.pool) as ioctx:
+                        return copy_rbd_volume(self.ceph.rbd, ioctx, volume.image, snapshot, sinks, config,
+                                               progress=progress, cancel=job.cancel, hash_content=hash_content,
+                                               take_snapshot=take_snapshot)
+                if live_source is not None:  # a running VM's disk as it was: closed by the point in time
+                    return run_copy(live_source, sinks, config, progress=progress, cancel=job.cancel,
+                                    hash_content=hash_content)
+                source = _file_source(volume, config.depth)
+                try:
+                    return run_copy(source, sinks, config, progress=progress, cancel=job.cancel,
+                                    hash_content=hash_content)
+                finally:
+                    source.close()
         except CopyCancelled as e:
             raise ZsError(errors.CANCELLED, f"creating the template was cancelled: {job.cancel_reason}") from e
         except AllSinksFailed as e:

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     result       TEXT,            -- the response body (JSON) once finished
     http_status  INTEGER,
     errors       TEXT,            -- per backup storage errors (JSON), also on success
+    point_in_time TEXT,           -- how consistent the copy is (JSON), see zsagent.virt
     created_s    REAL NOT NULL,
     finished_s   REAL
 );
@@ -69,6 +70,7 @@ class JobRecord:
     errors: list[dict[str, Any]]
     created_s: float
     finished_s: float | None
+    point_in_time: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,10 +150,11 @@ class Store:
             db.execute("UPDATE jobs SET state=? WHERE uuid=?", (state, uuid))
 
     def finish_job(self, uuid: str, state: str, http_status: int, result: dict[str, Any],
-                   errors: list[dict[str, Any]] | None = None) -> None:
+                   errors: list[dict[str, Any]] | None = None, point_in_time: dict[str, Any] | None = None) -> None:
         with self._tx() as db:
-            db.execute("UPDATE jobs SET state=?, http_status=?, result=?, errors=?, finished_s=? WHERE uuid=?",
-                       (state, http_status, json.dumps(result), json.dumps(errors or []), time.time(), uuid))
+            db.execute("UPDATE jobs SET state=?, http_status=?, result=?, errors=?, point_in_time=?, finished_s=? "
+                       "WHERE uuid=?", (state, http_status, json.dumps(result), json.dumps(errors or []),
+                                        json.dumps(point_in_time), time.time(), uuid))
 
     def get_job(self, uuid: str) -> JobRecord | None:
         with self._lock:
@@ -202,4 +205,5 @@ def _image(row: sqlite3.Row) -> ImageRecord:
 def _job(row: sqlite3.Row) -> JobRecord:
     return JobRecord(row["uuid"], row["image_uuid"], row["volume_uuid"], row["state"],
                      json.loads(row["result"]) if row["result"] else None, row["http_status"],
-                     json.loads(row["errors"]) if row["errors"] else [], row["created_s"], row["finished_s"])
+                     json.loads(row["errors"]) if row["errors"] else [], row["created_s"], row["finished_s"],
+                     json.loads(row["point_in_time"]) if row["point_in_time"] else None)
