@@ -102,6 +102,26 @@ class BackupStorage:
     private_key: str | None = None
     known_hosts: str | None = None
     accept_new_host_keys: bool = False
+    connect_timeout_s: int = 10
+    idle_timeout_s: int = 60
+    keepalive_interval_s: int = 15
+    bandwidth_bytes_per_s: int = 0  # 0: no limit
+    verify_md5: bool = False
+    remote_commands: bool = True
+    connections: int = 1
+
+    def sftp_settings(self, bandwidth_bytes_per_s: int | None = None):
+        """The SFTP connection settings of an "sftp" backup storage."""
+        from zsagent.sftp.settings import SftpSettings
+
+        limit = bandwidth_bytes_per_s or self.bandwidth_bytes_per_s or None
+        return SftpSettings(hostname=self.hostname, port=self.port, username=self.username,
+                            private_key=self.private_key, known_hosts=self.known_hosts,
+                            accept_new_host_keys=self.accept_new_host_keys,
+                            connect_timeout_s=self.connect_timeout_s, idle_timeout_s=self.idle_timeout_s,
+                            keepalive_interval_s=self.keepalive_interval_s, bandwidth_bytes_per_s=limit,
+                            verify_md5=self.verify_md5, remote_commands=self.remote_commands,
+                            connections=self.connections)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def ceph_mode(bs: BackupStorage, volume: Volume, tag: str | None) -> CephCopyMod
 
 def build_destination(bs: BackupStorage, volume: Volume, image_uuid: str, account_uuid: str, *,
                       ceph_backend, cluster, mode_tag: str | None, format_tag: str | None,
-                      snapshot: str | None, pipeline_chunk_bytes: int) -> Destination:
+                      snapshot: str | None, bandwidth_tag: str | None = None) -> Destination:
     """The sink for ``bs``; Ceph sinks need the rbd module and a connected cluster."""
     if bs.type == "ceph":
         mode = ceph_mode(bs, volume, mode_tag)
@@ -73,7 +73,24 @@ def build_destination(bs: BackupStorage, volume: Volume, image_uuid: str, accoun
         artifacts = [("file", {"path": path + ".part", "root": bs.path})]
         return Destination(bs, sink, path, image_format, artifacts, {"kind": "file", "path": path,
                                                                       "root": bs.path})
-    raise ValueError(f"backup storage type {bs.type!r} is not supported yet")
+    if bs.type == "sftp":
+        path = file_template_path(bs.path, account_uuid, image_uuid, image_format)
+        settings = bs.sftp_settings(int(bandwidth_tag) if bandwidth_tag else None)
+        sink = _sftp_sink(settings, path, image_format)
+        spec = {"backupStorageUuid": bs.uuid, "path": path, "root": bs.path}
+        return Destination(bs, sink, path, image_format, [("sftp-file", {**spec, "path": path + ".part"})],
+                           {"kind": "sftp", **spec})
+    raise ValueError(f"backup storage type {bs.type!r} is not supported")
+
+
+def _sftp_sink(settings, path: str, image_format: str) -> Sink:
+    from zsagent.sinks.sftp import SftpRawSink, SftpTarget
+
+    if image_format == "raw":
+        return SftpRawSink(settings, path)
+    from zsagent.sinks.qcow2_stream import Qcow2StreamSink
+
+    return Qcow2StreamSink(SftpTarget(settings, path))
 
 
 def _file_sink(path: str, image_format: str) -> Sink:

@@ -24,6 +24,7 @@ SYSTEM_TAGS = {
     r"ceph::copyMode::(copy|clone|flatten)": "how a Ceph backup storage gets the template "
                                              "(overrides the backup storage's mode)",
     r"template::format::(qcow2|raw)": "file format on filesystem/SFTP backup storage (overrides its format)",
+    r"sftp::bandwidth::[1-9][0-9]{0,14}": "bytes per second an SFTP upload may use (overrides the storage's)",
     r"consistency::quiesced": "a running VM's filesystems must be frozen for the snapshot; "
                               "without a guest agent the request fails (SYS.1006) instead of copying "
                               "crash-consistently",

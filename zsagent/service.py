@@ -226,7 +226,7 @@ class TemplateService:
                         bs, volume, image_uuid, account_uuid, ceph_backend=self.ceph, cluster=self.cluster,
                         mode_tag=request.system_tag("ceph::copyMode"),
                         format_tag=request.system_tag("template::format"), snapshot=snapshot,
-                        pipeline_chunk_bytes=self.config.pipeline.chunk_bytes))
+                        bandwidth_tag=request.system_tag("sftp::bandwidth")))
                 except ZsError:
                     raise
                 except Exception as e:  # noqa: BLE001 - a storage we cannot even open fails alone
@@ -393,7 +393,7 @@ class TemplateService:
         for artifact in reversed(self.store.artifacts(job_uuid)):
             try:
                 remove_artifact(artifact.kind, artifact.spec, self.ceph,
-                                self.cluster if artifact.kind.startswith("rbd") else None)
+                                self.cluster if artifact.kind.startswith("rbd") else None, self.config)
             except Exception:  # noqa: BLE001 - kept in the journal; the next start retries
                 log.exception("job %s: could not remove %s %s", job_uuid, artifact.kind, artifact.spec)
                 continue
@@ -426,7 +426,7 @@ class TemplateService:
             raise errors.not_found(f"image[uuid:{image_uuid}] not found")
         for ref in record.refs:
             try:
-                delete_template(ref, self.ceph, self.cluster if ref["kind"] == "rbd" else None)
+                delete_template(ref, self.ceph, self.cluster if ref["kind"] == "rbd" else None, self.config)
             except Exception as e:
                 raise errors.operation_failed(
                     f"could not remove image[uuid:{image_uuid}] from backup storage "

@@ -1,0 +1,91 @@
+"""SFTP backup storage through the API: qcow2 and raw templates, checked over ssh; delete; check."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import pytest
+from agent_harness import ACCOUNT, running_agent, write_config
+
+MiB = 1024 * 1024
+pytestmark = pytest.mark.sftp
+
+
+def remote(sshd, *argv):
+    return subprocess.run(sshd.ssh_argv(*argv), capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def sftp_api(rbd_env, sshd_server, tmp_path):
+    env = rbd_env
+    base = f"/tmp/zsagent-sftp-bs-{uuid.uuid4().hex[:8]}"
+    assert remote(sshd_server, "mkdir", "-p", base).returncode == 0
+    bs = uuid.uuid4().hex
+    raw = write_config(tmp_path, env.ceph_config, [{"uuid": uuid.uuid4().hex, "type": "ceph", "pools": [env.src_pool]}],
+                       [{"uuid": bs, "type": "sftp", "hostname": sshd_server.host, "port": sshd_server.port,
+                         "username": sshd_server.user, "private_key": sshd_server.key,
+                         "known_hosts": sshd_server.known_hosts, "path": base, "default": True}])
+    with running_agent(raw) as agent:
+        agent.env, agent.bs, agent.base, agent.sshd, agent.raw_config = env, bs, base, sshd_server, raw
+        yield agent
+    remote(sshd_server, "rm", "-rf", base)
+
+
+def volume(env):
+    vol = uuid.uuid4().hex
+    env.rbd.RBD().create(env.src, vol, 20 * MiB + 512, old_format=False)
+    with env.rbd.Image(env.src, vol) as image:
+        image.write(bytes(range(256)) * 8192, 3 * MiB)
+    return vol
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+def test_template_on_sftp_matches_md5sum_over_ssh(sftp_api, fmt):
+    api, env = sftp_api, sftp_api.env
+    vol = volume(env)
+    answer = api.post_create(vol, systemTags=[f"template::format::{fmt}"])
+    assert answer.status_code == 200, answer.text
+    inv = answer.json()["inventory"]
+    path = inv["backupStorageRefs"][0]["installPath"]
+    assert path == f"{api.base}/dataVolumeTemplates/acct-{ACCOUNT}/{inv['uuid']}/{inv['uuid']}.{fmt}"
+    assert inv["format"] == fmt
+    assert remote(api.sshd, "md5sum", path).stdout.split()[0] == inv["md5Sum"]
+    if fmt == "qcow2":
+        check = remote(api.sshd, "qemu-img", "check", path)
+        assert check.returncode == 0, check.stdout + check.stderr
+    else:
+        assert inv["md5Sum"] == env.export_md5(env.src_pool, vol)
+    assert remote(api.sshd, "find", api.base, "-name", "*.part").stdout == ""
+    assert api.delete(f"/zstack/v1/images/{inv['uuid']}").status_code == 200
+    assert remote(api.sshd, "find", f"{api.base}/dataVolumeTemplates", "-type", "f").stdout == ""
+
+
+def test_unknown_host_key_is_refused_with_a_clear_error(sftp_api, tmp_path):
+    api = sftp_api
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    raw = dict(api.raw_config)
+    raw["backup_storage"] = [{**raw["backup_storage"][0], "known_hosts": str(empty)}]
+    raw["agent"] = {**raw["agent"], "data_dir": str(tmp_path / "data2")}
+    with running_agent(raw) as agent:
+        answer = agent.post_create(volume(api.env))
+    assert answer.status_code == 503
+    error = answer.json()["error"]
+    assert error["code"] == "SYS.1006" and "known_hosts" in error["cause"]["details"]
+    assert remote(api.sshd, "find", api.base, "-type", "f").stdout == ""
+
+
+def test_check_reports_the_sftp_backup_storage(sftp_api, tmp_path):
+    from zsagent.checks import run_checks
+    from zsagent.config import parse_config
+
+    raw = sftp_api.raw_config
+    findings = run_checks(parse_config(raw))
+    assert all(ok for ok, _, _ in findings), findings
+    assert any("is reachable with a known host key" in what for _, what, _ in findings)
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    bad = {**raw, "backup_storage": [{**raw["backup_storage"][0], "known_hosts": str(empty)}]}
+    problems = [(what, fix) for ok, what, fix in run_checks(parse_config(bad)) if not ok]
+    assert len(problems) == 1 and "verify the server's key fingerprint" in problems[0][1]

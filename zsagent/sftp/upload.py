@@ -1,0 +1,280 @@
+"""One remote file written at offsets under ``<path>.part`` over one or more SFTP sessions, then
+made durable and published under ``<path>`` without ever replacing an existing file.
+
+    open()    final name free? -> create missing parent dirs -> OPEN .part (CREAT|EXCL) on session 0,
+              then the other sessions OPEN the same .part for writing
+    write()   pipelined WRITEs at offsets, spread over the sessions; a token bucket caps the rate
+    commit()  drain every session -> FSETSTAT size (sparse tail) -> fsync@openssh.com -> CLOSE
+              -> [stat/md5sum over ssh exec] -> final name still free? -> RENAME .part -> final
+    abort()   kill the sessions -> REMOVE .part -> RMDIR the dirs we created (innermost first);
+              over a fresh session when the old one is dead; never raises
+
+Publishing uses plain SSH_FXP_RENAME, which the SFTP draft defines as failing when the new name
+exists and which OpenSSH implements race-free for regular files (link() then unlink()).
+posix-rename@openssh.com (rename(2)) would silently replace a file created between our existence
+check and the rename, so it is only the fallback for servers whose plain RENAME fails for another
+reason, after a fresh existence check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from zsagent.sftp import protocol as p
+from zsagent.sftp.bandwidth import bucket_for
+from zsagent.sftp.client import SftpClient
+from zsagent.sftp.errors import (
+    Md5Mismatch,
+    RemoteFailure,
+    RemoteFileExists,
+    RemoteNoSuchFile,
+    RemoteUnsupported,
+    SftpError,
+)
+from zsagent.sftp.paths import ancestors, checked_remote_path, part_path
+from zsagent.sftp.remote_exec import remote_allocated_and_md5
+from zsagent.sftp.settings import SftpSettings
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o755
+FILE_MODE = 0o644
+
+
+class RemoteUpload:
+    """A file on the SFTP server, written at offsets, published atomically or removed.
+
+    Thread-safe ``write``; ``open``/``commit``/``abort`` come from one thread. ``bytes_sent``: data bytes
+    handed to ssh so far.
+    """
+
+    def __init__(self, settings: SftpSettings, path: str) -> None:
+        self.settings = settings
+        self.path = checked_remote_path(path)
+        self.part = part_path(self.path)
+        self.target = settings.target
+        self.bytes_sent = 0
+        self._sessions: list[SftpClient] = []
+        self._handles: list[bytes] = []
+        self._created_dirs: list[str] = []
+        self._part_created = False
+        self._published = False
+        self._bucket = bucket_for(settings.bandwidth_bytes_per_s, settings.request_bytes)
+        self._lock = threading.Lock()
+        self._turn = 0
+
+    # -- open -------------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create ``<path>.part`` (and missing parent directories) and connect every session."""
+        try:
+            primary = SftpClient(self.settings)
+            self._sessions.append(primary)
+            primary.start()
+            if primary.exists(self.path):
+                raise RemoteFileExists(f"{self.path} already exists on {self.target}: templates are never "
+                                       "overwritten", self.target)
+            self._make_parents(primary)
+            self._handles.append(self._create_part(primary))
+            if self.settings.connections > 1:
+                self._open_more(self.settings.connections - 1)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _make_parents(self, client: SftpClient) -> None:
+        missing = []
+        for directory in ancestors(self.path):
+            try:
+                attrs = client.stat(directory)
+            except RemoteNoSuchFile:
+                missing.append(directory)
+                continue
+            if not attrs.is_dir:
+                raise SftpError(f"{directory} on {self.target} exists but is not a directory", self.target)
+            break
+        for directory in reversed(missing):
+            try:
+                client.mkdir(directory, DIR_MODE)
+            except RemoteFailure:
+                with contextlib.suppress(SftpError):
+                    if client.stat(directory).is_dir:
+                        continue  # made by someone else meanwhile: not ours to remove
+                raise
+            self._created_dirs.append(directory)
+
+    def _create_part(self, client: SftpClient) -> bytes:
+        try:
+            handle = client.open(self.part, p.FXF_WRITE | p.FXF_CREAT | p.FXF_EXCL, FILE_MODE)
+        except RemoteFailure as e:
+            if client.exists(self.part):
+                raise RemoteFileExists(f"{self.part} already exists on {self.target}: another upload of "
+                                       "this template is running or a crashed one left it behind",
+                                       self.target) from e
+            raise
+        self._part_created = True
+        return handle
+
+    def _open_more(self, count: int) -> None:
+        """Connect ``count`` more sessions in parallel, each with the .part open for writing."""
+
+        def connect() -> tuple[SftpClient, bytes]:
+            client = SftpClient(self.settings)
+            with self._lock:
+                self._sessions.append(client)
+            client.start()
+            return client, client.open(self.part, p.FXF_WRITE)
+
+        with ThreadPoolExecutor(count, thread_name_prefix="zsagent-sftp-connect") as pool:
+            futures = [pool.submit(connect) for _ in range(count)]
+            opened = [f.result() for f in futures]  # the first failure propagates (abort cleans up)
+        with self._lock:
+            self._sessions = [self._sessions[0]] + [client for client, _ in opened]
+            self._handles = [self._handles[0]] + [handle for _, handle in opened]
+
+    # -- write ------------------------------------------------------------------------------------
+
+    @property
+    def write_bytes(self) -> int:
+        """Data bytes per WRITE request."""
+        return self._sessions[0].write_bytes if self._sessions else self.settings.request_bytes
+
+    def _pick(self) -> tuple[SftpClient, bytes]:
+        """The session with the fewest unanswered WRITEs (round robin among equals)."""
+        sessions = self._sessions
+        if not sessions:
+            raise SftpError(f"upload of {self.part} to {self.target} is not open", self.target)
+        if len(sessions) == 1:
+            return sessions[0], self._handles[0]
+        with self._lock:
+            self._turn = (self._turn + 1) % len(sessions)
+            order = sessions[self._turn:] + sessions[:self._turn]
+        best = min(order, key=lambda s: s.channel.writes_in_flight)
+        return best, self._handles[sessions.index(best)]
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Send ``data`` for ``offset`` (pipelined: returns once ssh has it). Raises what went wrong
+        earlier with any request of this upload."""
+        view = memoryview(data)
+        step = self.write_bytes
+        for start in range(0, len(view), step):
+            piece = view[start:start + step]
+            if self._bucket is not None:
+                self._bucket.take(len(piece))
+            session, handle = self._pick()
+            session.channel.write(handle, offset + start, piece, self.part)
+            with self._lock:
+                self.bytes_sent += len(piece)
+
+    # -- commit -----------------------------------------------------------------------------------
+
+    def commit(self, size: int | None = None, expected_md5: str | None = None) -> tuple[str, int]:
+        """Make the file durable and publish it; return (path, allocated bytes on the server).
+
+        ``size``: set the file to this many bytes first (holes at the end of a sparse file).
+        ``expected_md5``: with settings.verify_md5, the server's md5sum of the file must equal it.
+        On any failure everything created is removed (as by ``abort``) and the error raised.
+        """
+        try:
+            return self._commit(size, expected_md5)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _commit(self, size: int | None, expected_md5: str | None) -> tuple[str, int]:
+        for session in self._sessions:
+            session.drain()
+        primary, handle = self._sessions[0], self._handles[0]
+        for session, other in zip(self._sessions[1:], self._handles[1:], strict=True):
+            session.close_handle(other, self.part)
+            session.close()
+        if size is not None:
+            primary.fsetstat(handle, p.Attrs(size=size), self.part)
+        primary.fsync(handle, self.part)  # not offered: the server's own flush policy applies
+        logical = primary.fstat(handle, self.part).size or 0
+        primary.close_handle(handle, self.part)
+        allocated = self._measure(logical, expected_md5)
+        self._publish(primary)
+        self._published = True
+        primary.close()
+        return self.path, allocated
+
+    def _measure(self, logical: int, expected_md5: str | None) -> int:
+        """Allocated bytes of the .part (logical size when the server runs no commands); check its md5."""
+        verify = self.settings.verify_md5 and expected_md5 is not None
+        if not self.settings.remote_commands:
+            return logical
+        try:
+            allocated, actual_md5 = remote_allocated_and_md5(self.settings, self.part, logical, verify)
+        except SftpError as e:
+            if verify:
+                raise
+            log.warning("allocated size of %s on %s unknown, reporting its logical size: %s",
+                        self.part, self.target, e)
+            return logical
+        if verify and actual_md5 != expected_md5:
+            raise Md5Mismatch(self.path, str(expected_md5), str(actual_md5), self.target)
+        return allocated
+
+    def _publish(self, client: SftpClient) -> None:
+        taken = RemoteFileExists(f"{self.path} already exists on {self.target}: templates are never "
+                                 "overwritten", self.target)
+        if client.exists(self.path):
+            raise taken
+        try:
+            client.rename(self.part, self.path)
+        except (RemoteFailure, RemoteUnsupported) as e:
+            if client.exists(self.path):
+                raise taken from e
+            if not client.offers(p.EXT_POSIX_RENAME):
+                raise
+            log.info("RENAME of %s on %s failed (%s); using posix-rename", self.part, self.target, e)
+            client.posix_rename(self.part, self.path)
+
+    # -- abort ------------------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Remove the .part and the directories this upload created; close every session. Never raises."""
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+            self._handles = []
+        for session in sessions[1:]:
+            session.channel.kill()
+            session.close()
+        primary = sessions[0] if sessions else None
+        try:
+            if self._published or not (self._part_created or self._created_dirs):
+                return
+            if primary is None or not primary.channel.alive:
+                if primary is not None:
+                    primary.close()
+                primary = SftpClient(self.settings)
+                primary.start()
+            self._remove_created(primary)
+        except Exception as e:  # noqa: BLE001 - abort must not hide the original error
+            log.error("cleanup of %s on %s failed; it may be left behind: %s", self.part, self.target, e)
+        finally:
+            if primary is not None:
+                primary.close()
+
+    def _remove_created(self, client: SftpClient) -> None:
+        if self._part_created:
+            with contextlib.suppress(RemoteNoSuchFile):
+                client.remove(self.part)
+            self._part_created = False
+        while self._created_dirs:
+            directory = self._created_dirs.pop()
+            try:
+                client.rmdir(directory)
+            except SftpError as e:  # not empty any more (another upload uses it) or gone
+                log.info("leaving %s on %s: %s", directory, self.target, e)
+                self._created_dirs.clear()
+
+    # -- for diagnostics and tests ----------------------------------------------------------------
+
+    @property
+    def ssh_pids(self) -> list[int]:
+        return [pid for s in self._sessions if (pid := s.channel.pid) is not None]
