@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,27 +90,31 @@ def remove_file(path: str, root: str) -> None:
             break
 
 
-def _remove_rbd_image(backend, cluster, pool: str, image: str) -> None:
-    rbd = backend.rbd
+@contextmanager
+def _pool(backend, cluster, pool: str) -> Iterator[Any]:
+    """An ioctx on ``pool``, or None when the pool is gone (then there is nothing to remove)."""
     try:
         ioctx = cluster.open_ioctx(pool)
     except backend.rados.ObjectNotFound:
+        yield None
         return
     with ioctx:
-        try:
-            rbd.RBD().remove(ioctx, image)
-        except rbd.ImageNotFound:
-            pass
+        yield ioctx
+
+
+def _remove_rbd_image(backend, cluster, pool: str, image: str) -> None:
+    with _pool(backend, cluster, pool) as ioctx:
+        if ioctx is not None:
+            try:
+                backend.rbd.RBD().remove(ioctx, image)
+            except backend.rbd.ImageNotFound:
+                pass
 
 
 def _release_rbd_snapshot(backend, cluster, pool: str, image: str, snapshot: str) -> None:
-    rbd = backend.rbd
-    try:
-        ioctx = cluster.open_ioctx(pool)
-    except backend.rados.ObjectNotFound:
-        return
-    with ioctx:
-        try:
-            release_snapshot(rbd, ioctx, image, snapshot)
-        except rbd.ImageNotFound:  # the image or the snapshot is gone already
-            pass
+    with _pool(backend, cluster, pool) as ioctx:
+        if ioctx is not None:
+            try:
+                release_snapshot(backend.rbd, ioctx, image, snapshot)
+            except backend.rbd.ImageNotFound:  # the image or the snapshot is gone already
+                pass

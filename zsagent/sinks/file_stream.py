@@ -9,7 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-from zsagent.sinks.raw_file import PART_SUFFIX, _fsync_dir, _publish
+from zsagent.sinks.local_files import fsync_dir, make_parents, publish, remove_created
+from zsagent.sinks.raw_file import PART_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,10 @@ class FileStreamTarget:
     def open(self) -> None:
         if self.path.exists():
             raise FileExistsError(errno.EEXIST, "template already exists", str(self.path))
-        self._make_parents()
+        make_parents(self.path, self._created_dirs)
         fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._created_part = True
         self._file = open(fd, "wb", buffering=WRITE_BUFFER_BYTES)  # noqa: SIM115 - closed by commit/abort
-
-    def _make_parents(self) -> None:
-        missing = []
-        for parent in self.path.parents:
-            if parent.exists():
-                break
-            missing.append(parent)
-        for directory in reversed(missing):
-            directory.mkdir()
-            self._created_dirs.append(directory)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._file is None:
@@ -69,10 +60,10 @@ class FileStreamTarget:
             os.fsync(file.fileno())
         finally:
             file.close()
-        _publish(self.part, self.path)
+        publish(self.part, self.path)
         self._published = True
         self._created_part = False
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._committed = True
         return str(self.path), os.stat(self.path).st_blocks * 512
 
@@ -90,11 +81,6 @@ class FileStreamTarget:
             if self._published:  # linked, but the commit failed after that: it was never reported
                 self.path.unlink(missing_ok=True)
                 self._published = False
-            for directory in reversed(self._created_dirs):
-                try:
-                    directory.rmdir()
-                except OSError:
-                    break
-            self._created_dirs.clear()
+            remove_created(self._created_dirs)
         except Exception:  # noqa: BLE001 - abort never raises
             log.exception("abort of %s failed", self.description)

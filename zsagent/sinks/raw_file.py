@@ -9,6 +9,7 @@ from pathlib import Path
 
 from zsagent.copy.extents import Extent
 from zsagent.sinks.base import SinkResult
+from zsagent.sinks.local_files import fsync_dir, make_parents, publish, remove_created
 
 PART_SUFFIX = ".part"
 
@@ -31,19 +32,9 @@ class RawFileSink:
     def open(self, size: int, extents: Sequence[Extent]) -> None:
         if self.path.exists():
             raise FileExistsError(errno.EEXIST, "template already exists", str(self.path))
-        self._make_parents()
+        make_parents(self.path, self._created_dirs)
         self._fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         os.ftruncate(self._fd, size)
-
-    def _make_parents(self) -> None:
-        missing = []
-        for parent in self.path.parents:
-            if parent.exists():
-                break
-            missing.append(parent)
-        for directory in reversed(missing):
-            directory.mkdir()
-            self._created_dirs.append(directory)
 
     def write(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
@@ -58,8 +49,8 @@ class RawFileSink:
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
-        _publish(self.part, self.path)
-        _fsync_dir(self.path.parent)
+        publish(self.part, self.path)
+        fsync_dir(self.path.parent)
         return SinkResult(str(self.path), os.stat(self.path).st_blocks * 512)
 
     def abort(self) -> None:
@@ -67,32 +58,5 @@ class RawFileSink:
             os.close(self._fd)
             self._fd = -1
         self.part.unlink(missing_ok=True)
-        for directory in reversed(self._created_dirs):
-            try:
-                directory.rmdir()
-            except OSError:
-                break
-        self._created_dirs.clear()
+        remove_created(self._created_dirs)
 
-
-def _publish(part: Path, final: Path) -> None:
-    """Give ``part`` its final name atomically, never replacing an existing file."""
-    try:
-        os.link(part, final)
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        # No hard links here (e.g. some FUSE/NFS setups): check, then rename; a tiny race remains.
-        if final.exists():
-            raise FileExistsError(errno.EEXIST, "template already exists", str(final)) from e
-        os.rename(part, final)
-        return
-    part.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,10 +15,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-from zsagent.copy.extents import Extent, Kind, coalesce
-
-# NBD servers may refuse block status requests much larger than this; we loop anyway.
-_STATUS_REQUEST_BYTES = 1 << 30
+from zsagent.copy.extents import Extent
+from zsagent.sources.nbd_status import nbd_extents
 
 
 class QemuNbdSource:
@@ -70,28 +68,7 @@ class QemuNbdSource:
         return handle
 
     def extents(self) -> Iterator[Extent]:
-        found: list[Extent] = []
-        offset = 0
-        while offset < self.size:
-            count = min(_STATUS_REQUEST_BYTES, self.size - offset)
-            start = offset
-
-            def on_status(context: str, at: int, entries: list[int], error) -> int:
-                pos = at
-                for length, flags in zip(entries[::2], entries[1::2], strict=True):
-                    length = min(length, self.size - pos)
-                    if length <= 0:
-                        break
-                    found.append(Extent(pos, length, _kind(self._nbd, flags)))
-                    pos += length
-                return 0
-
-            self._main.block_status(count, start, on_status)
-            reached = found[-1].end if found else start
-            if reached <= start:
-                raise OSError(f"NBD block status made no progress at offset {start}")
-            offset = reached
-        return coalesce(found)
+        return nbd_extents(self._nbd, self._main, self.size)
 
     def read(self, offset: int, length: int) -> bytes:
         handle = getattr(self._local, "handle", None)
@@ -116,9 +93,3 @@ class QemuNbdSource:
             self._server.stderr.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-
-def _kind(nbd_module, flags: int) -> Kind:
-    # A hole without the zero flag may read as anything, so it is read like data.
-    if not flags & nbd_module.STATE_ZERO:
-        return Kind.DATA
-    return Kind.HOLE if flags & nbd_module.STATE_HOLE else Kind.ZERO

@@ -24,7 +24,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from zsagent.virt.connection import error_code, libvirt_module, open_connection
+from zsagent.virt.connection import error_code, libvirt_module, lookup_domain, open_connection
 from zsagent.virt.disks import DomainDisk, seclabel_owner
 from zsagent.virt.errors import BackupUnsupported, VirtError
 from zsagent.virt.journal import BACKUP, UndoJournal, UndoStep
@@ -192,15 +192,9 @@ def _our_backup_running(dom, spec: dict[str, Any]) -> bool:
 
 def undo_backup(spec: dict[str, Any]) -> None:
     """Undo a journalled backup step in any process: abort the job if still ours, remove its files."""
-    libvirt = libvirt_module()
     conn = open_connection(spec["uri"])
     try:
-        try:
-            dom = conn.lookupByUUIDString(spec["domain_uuid"])
-        except libvirt.libvirtError as e:
-            if error_code(e) != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
-            dom = None
+        dom = lookup_domain(conn, spec["domain_uuid"])
         _end_backup(dom, spec)
     finally:
         conn.close()

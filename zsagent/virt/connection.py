@@ -69,3 +69,14 @@ def error_code(error: BaseException) -> int | None:
     """The VIR_ERR_* code of a libvirtError (None for anything else)."""
     get = getattr(error, "get_error_code", None)
     return get() if get else None
+
+
+def lookup_domain(conn, uuid: str):
+    """The domain with ``uuid``, or None when it no longer exists."""
+    libvirt = libvirt_module()
+    try:
+        return conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as e:
+        if error_code(e) == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise

@@ -11,10 +11,8 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from zsagent.copy.extents import Extent, Kind, coalesce
-
-# Ask for block status in pieces of at most this many bytes (servers may cap larger requests anyway).
-_STATUS_REQUEST_BYTES = 1 << 30
+from zsagent.copy.extents import Extent, Kind
+from zsagent.sources.nbd_status import nbd_extents
 
 
 class NbdExportSource:
@@ -49,33 +47,7 @@ class NbdExportSource:
     def extents(self) -> Iterator[Extent]:
         if not self._has_status:
             return iter([Extent(0, self.size, Kind.DATA)]) if self.size else iter([])
-        found: list[Extent] = []
-        offset = 0
-        while offset < self.size:
-            start = offset
-
-            def on_status(_context: str, at: int, entries: list[int], _error) -> int:
-                pos = at
-                for length, flags in zip(entries[::2], entries[1::2], strict=True):
-                    length = min(length, self.size - pos)
-                    if length <= 0:
-                        break
-                    found.append(Extent(pos, length, self._kind(flags)))
-                    pos += length
-                return 0
-
-            self._main.block_status(min(_STATUS_REQUEST_BYTES, self.size - start), start, on_status)
-            reached = found[-1].end if found else start
-            if reached <= start:
-                raise OSError(f"NBD block status made no progress at offset {start}")
-            offset = reached
-        return coalesce(found)
-
-    def _kind(self, flags: int) -> Kind:
-        # Unallocated but not known to read as zeros: read it like data.
-        if not flags & self._nbd.STATE_ZERO:
-            return Kind.DATA
-        return Kind.HOLE if flags & self._nbd.STATE_HOLE else Kind.ZERO
+        return nbd_extents(self._nbd, self._main, self.size)
 
     def read(self, offset: int, length: int) -> bytes:
         handle = getattr(self._local, "handle", None)

@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from zsagent.virt.connection import error_code, libvirt_module, open_connection
+from zsagent.virt.connection import error_code, libvirt_module, lookup_domain, open_connection
 from zsagent.virt.disks import DomainDisk, parse_disks
 from zsagent.virt.errors import VirtError
 from zsagent.virt.journal import OVERLAY, UndoJournal, UndoStep
@@ -263,15 +263,9 @@ def _run(argv: list[str]) -> str:
 
 def undo_overlay(spec: dict[str, Any]) -> None:
     """Undo a journalled external snapshot in any process (see ``_restore``)."""
-    libvirt = libvirt_module()
     conn = open_connection(spec["uri"])
     try:
-        try:
-            dom = conn.lookupByUUIDString(spec["domain_uuid"])
-        except libvirt.libvirtError as e:
-            if error_code(e) != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
-            dom = None
+        dom = lookup_domain(conn, spec["domain_uuid"])
         _restore(conn, dom, spec, DEFAULT_COMMIT_TIMEOUT_S)
     finally:
         conn.close()

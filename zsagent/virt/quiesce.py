@@ -22,7 +22,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from zsagent.virt.connection import error_code, libvirt_module, open_connection
+from zsagent.virt.connection import error_code, libvirt_module, lookup_domain, open_connection
 from zsagent.virt.errors import QuiesceRequired, VirtError
 from zsagent.virt.journal import FSFREEZE, UndoJournal, UndoStep
 from zsagent.virt.locks import domain_lock
@@ -155,13 +155,8 @@ def undo_freeze(spec: dict[str, Any]) -> None:
     libvirt = libvirt_module()
     conn = open_connection(spec["uri"])
     try:
-        try:
-            dom = conn.lookupByUUIDString(spec["domain_uuid"])
-        except libvirt.libvirtError as e:
-            if error_code(e) == libvirt.VIR_ERR_NO_DOMAIN:
-                return  # gone: nothing is frozen
-            raise
-        if not dom.isActive():
+        dom = lookup_domain(conn, spec["domain_uuid"])
+        if dom is None or not dom.isActive():  # gone or stopped: nothing is frozen
             return
         try:
             dom.fsThaw()
