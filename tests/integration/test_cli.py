@@ -341,3 +341,17 @@ def test_make_demo_runs_and_checks_its_md5():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "md5Sum matches md5sum of the stored template" in result.stdout
     assert '"status": "Ready"' in result.stdout
+
+
+def test_install_stages_the_unit_and_the_default_config(tmp_path):
+    stage = tmp_path / "root"
+    result = subprocess.run([str(ROOT / "scripts" / "install")], env={**os.environ, "DESTDIR": str(stage)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    config = stage / "etc" / "zsagent" / "zsagent.toml"
+    assert config.read_text() == (ROOT / "systemd" / "zsagent.toml.example").read_text()
+    assert (stage / "lib" / "systemd" / "system" / "zsagent.service").exists()
+    assert (stage / "usr" / "lib" / "tmpfiles.d" / "zsagent.conf").read_text().startswith("#")
+    config.write_text("# edited by the operator\n")
+    subprocess.run([str(ROOT / "scripts" / "install")], env={**os.environ, "DESTDIR": str(stage)}, check=True)
+    assert config.read_text() == "# edited by the operator\n"  # never overwritten
