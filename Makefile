@@ -15,4 +15,4 @@ demo: setup
 	scripts/demo
 
 bench: setup
-	@echo "bench: not yet - the benchmark suite lands with its own issue"
+	.venv/bin/python bench/run.py $(if $(SWEEP),--sweep) $(BENCH_ARGS)

@@ -1,0 +1,166 @@
+"""Turns the raw measurements into the table and the JSON document."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from common import MiB, Summary
+
+TARGETS = {
+    "dense_vs_zstack": 1.5,
+    "dense_vs_shell": 1.25,
+    "dense_efficiency": 0.90,
+    "peak_rss_mib": 300,
+    "concurrent_speedup": 1.7,
+}
+
+
+def paired_ratio(numerators: list[float], denominators: list[float]) -> float | None:
+    """Median of per-repetition ratios (runs of the same repetition ran back to back)."""
+    pairs = [a / b for a, b in zip(numerators, denominators, strict=False) if a and b]
+    return statistics.median(pairs) if pairs else None
+
+
+def fmt_ratio(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "-"
+
+
+ZSTACK_RBD = "zstack: deep cp + export|md5sum"
+SHELL_RBD = "shell: export|tee(md5sum)|import"
+ZSTACK_FILE = "qemu-img convert -O qcow2 + md5sum"
+RAW_FILE = "qemu-img convert -O raw + md5sum"
+NBDCOPY = ("nbdcopy (no md5)", "nbdcopy read -> null: (no md5, no write)")
+
+
+def hashed_bytes(tool: str, size: int, runs: list[dict]) -> int:
+    """Bytes one run of ``tool`` puts through MD5: the content (virtual size), or for a qcow2 output only the
+    stored file's bytes (the service skips the content md5 when no destination is raw)."""
+    if "qcow2" in tool:
+        return runs[0].get("actual_size") or size
+    return size
+
+
+def build_rows(volumes: dict, results: dict) -> list[dict]:
+    """One row per (volume, tool). ``results[volume][tool]`` is a list of worker/tool dicts, one per rep."""
+    rows = []
+    for name, vol in volumes.items():
+        per_tool = results.get(name, {})
+        ceiling = [r["seconds"] for r in per_tool.get("md5 ceiling (hashlib)", [])]
+        for tool, runs in per_tool.items():
+            seconds = [r["seconds"] for r in runs]
+            summary = Summary.of(seconds)
+            row = {
+                "volume": name, "tool": tool, "seconds": summary.as_dict(),
+                "mib_s": vol["size"] / summary.median / MiB,
+                "cpu_s": statistics.median(r.get("client_cpu_s", 0) + r.get("osd_cpu_s", 0) for r in runs),
+                "osd_cpu_s": statistics.median(r.get("osd_cpu_s", 0) for r in runs),
+            }
+            if tool.startswith("ours"):
+                hashed = hashed_bytes(tool, vol["size"], runs)
+                row["hashed_bytes"] = hashed
+                row["efficiency"] = paired_ratio([c * hashed / vol["size"] for c in ceiling], seconds)
+                row["peak_rss_mib"] = max(r["hwm_kib"] for r in runs) / 1024
+                row["bytes_read"] = runs[0].get("bytes_read")
+                row["allocated"] = vol["allocated"]
+                if vol["kind"] == "rbd":
+                    main, second = ZSTACK_RBD, SHELL_RBD
+                else:
+                    main, second = ZSTACK_FILE, (None if "qcow2" in tool else RAW_FILE)
+                speed = {}
+                for label, base in (("main", main), ("second", second)) + tuple(("nbdcopy", n) for n in NBDCOPY):
+                    if base in per_tool:
+                        speed[label] = paired_ratio([r["seconds"] for r in per_tool[base]], seconds)
+                        speed[f"{label}_tool"] = base
+                row["speedup"] = speed
+            rows.append(row)
+    return rows
+
+
+def render(rows: list[dict], concurrent: dict | None) -> str:
+    header = (f"{'volume':8} {'tool':49} {'time s: med [min-max]':22} {'MiB/s':>6} {'CPU s':>9}  "
+              f"{'x ZStack':>8} {'x 2nd':>6} {'x nbdcp':>7} {'effic':>5} {'RSS':>4}  read/alloc MiB")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        s = row["seconds"]
+        time_col = f"{s['median']:6.2f} [{s['min']:.2f}-{s['max']:.2f}]" if s["n"] > 1 else f"{s['median']:6.2f} (once)"
+        cpu_col = f"{row['cpu_s']:5.1f}" + (f"/{row['osd_cpu_s']:.0f}" if row["osd_cpu_s"] >= 0.5 else "  ")
+        extra = ""
+        if row["tool"].startswith("ours"):
+            sp = row["speedup"]
+            extra = (f"{fmt_ratio(sp.get('main')):>8} {fmt_ratio(sp.get('second')):>6} "
+                     f"{fmt_ratio(sp.get('nbdcopy')):>7} "
+                     f"{row['efficiency'] or 0:5.2f} {row['peak_rss_mib']:4.0f}  "
+                     f"{row['bytes_read'] / MiB:.0f}/{row['allocated'] / MiB:.0f}")
+        lines.append(f"{row['volume']:8} {row['tool']:49} {time_col:22} {row['mib_s']:6.0f} {cpu_col:>9}  {extra}")
+    lines.append("")
+    lines.append("CPU s: median CPU seconds of the processes a run started plus the OSD's (/OSD part); x ZStack: "
+                 "vs rbd deep cp + export|md5sum (RBD) or qemu-img convert -O qcow2 + md5sum (file); x 2nd: vs the "
+                 "shell pipeline (RBD) or qemu-img convert -O raw + md5sum (raw outputs); x nbdcp: vs nbdcopy "
+                 "(no md5); all speedups are medians of per-repetition ratios; effic: hashlib MD5 time of the "
+                 "bytes this run hashes / its time; RSS: peak MiB of the copy's process.")
+    if concurrent:
+        lines.append("")
+        lines.append(
+            f"4 concurrent copies ({', '.join(concurrent['volumes'])}; one process, a thread each): "
+            f"{concurrent['together_s']:.1f} s vs {concurrent['sequential_s']:.1f} s one at a time = "
+            f"{concurrent['aggregate_mib_s']:.0f} vs {concurrent['sequential_mib_s']:.0f} MiB/s -> "
+            f"{concurrent['speedup']:.2f}x; CPU {concurrent['cpu_s_together']:.0f} s vs "
+            f"{concurrent['cpu_s_one_at_a_time']:.0f} s (ours + OSD), i.e. "
+            f"{concurrent['cpu_s_together'] / concurrent['together_s']:.2f} of {os.cpu_count()} cores busy "
+            f"while together; peak RSS {concurrent['peak_rss_mib']:.0f} MiB for all four")
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict], concurrent: dict | None, volumes: dict) -> list[dict]:
+    """The goals of the brief, each with the measured number and met/not met."""
+    out = []
+
+    def find(volume: str, tool: str) -> dict | None:
+        return next((r for r in rows if r["volume"] == volume and r["tool"] == tool), None)
+
+    for tool in [r["tool"] for r in rows if r["volume"] == "dense" and r["tool"].startswith("ours (copy)")]:
+        dense = find("dense", tool)
+        sp = dense.get("speedup", {})
+        for key, label in (("dense_vs_zstack", "main"), ("dense_vs_shell", "second")):
+            value = sp.get(label)
+            out.append({"target": f"{key} [{tool}]", "goal": TARGETS[key], "value": value,
+                        "met": value is not None and value >= TARGETS[key]})
+        out.append({"target": f"dense_efficiency [{tool}]", "goal": TARGETS["dense_efficiency"],
+                    "value": dense["efficiency"],
+                    "met": (dense["efficiency"] or 0) >= TARGETS["dense_efficiency"]})
+    sparse_ok = []
+    for row in rows:
+        if row["tool"].startswith("ours") and row.get("bytes_read") is not None:
+            sparse_ok.append(row["bytes_read"] <= volumes[row["volume"]]["allocated"])
+    out.append({"target": "sparse: read only allocated data", "goal": "bytes_read <= allocated",
+                "value": all(sparse_ok), "met": all(sparse_ok)})
+    for label, pick in (("copy modes", lambda t: "flatten" not in t), ("flatten mode", lambda t: "flatten" in t)):
+        values = [r["peak_rss_mib"] for r in rows if r["tool"].startswith("ours") and pick(r["tool"])]
+        if values:
+            rss = max(values)
+            out.append({"target": f"peak RSS per copy, {label} (MiB)", "goal": f"< {TARGETS['peak_rss_mib']}",
+                        "value": rss, "met": rss < TARGETS["peak_rss_mib"]})
+    if concurrent:
+        out.append({"target": "4 concurrent copies: aggregate vs one at a time", "goal": TARGETS["concurrent_speedup"],
+                    "value": concurrent["speedup"], "met": concurrent["speedup"] >= TARGETS["concurrent_speedup"]})
+    return out
+
+
+def render_targets(items: list[dict]) -> str:
+    lines = ["targets:"]
+    for item in items:
+        value = item["value"]
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+        lines.append(f"  [{'met' if item['met'] else 'NOT met'}] {item['target']}: {shown} (goal {item['goal']})")
+    return "\n".join(lines)
+
+
+def write_json(directory: Path, document: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    return path

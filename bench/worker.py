@@ -1,0 +1,221 @@
+"""One measured copy (or MD5 ceiling) in a fresh process, so that peak RSS is per copy.
+
+    python bench/worker.py '<json spec>'   ->   one JSON line on stdout
+
+Spec kinds:
+  rbd      {conf, keyring, pool, volume, snapshot, backup_pool, dest, mode: copy|flatten|hash-only,
+            chunk_bytes, depth, pipeline}
+  file     {path, format, dest, sink: raw|qcow2, chunk_bytes, depth, pipeline}
+  ceiling  {bytes, impl: hashlib|native}          MD5 of ``bytes`` from a buffer in memory, 4 MiB updates
+  many     {jobs: [rbd/file specs]}                all jobs at once, one thread each (as the agent would)
+
+Timing starts before the cluster connection (the rbd CLI pays for its own) and ends when the copy is
+published (for RBD: the snapshot is removed again). Removing the template afterwards is not timed.
+Output: seconds, md5, size, stats (bytes_read, ...), sink_md5 (qcow2 file md5), hwm_kib (peak RSS),
+cpu_s (user+sys of this process).
+
+``pipeline`` picks the copy loop:
+  current          zsagent/copy/pipeline.py as it is (hashlib MD5)
+  native-md5       P1: the same with zsagent.copy.md5.new_md5() as the hasher and update_zeros() for zero
+                   ranges, patched in at run time (bench/proposed/p1-native-md5.diff)
+  proposed         P1+P2: bench/proposed/pipeline.py, a private copy of the module loaded in its place: P1,
+                   and the hasher fed as soon as a chunk is read, while it is written (p2-hash-on-read.diff)
+  proposed-hashlib P2 alone: the same with ZSAGENT_MD5=hashlib
+File copies to a qcow2 stream pass hash_content=False, as the service does when no destination is raw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+PROPOSED_PIPELINE = Path(__file__).resolve().parent / "proposed" / "pipeline.py"
+
+
+def load_pipeline(variant: str) -> None:
+    """Make ``zsagent.copy.pipeline`` the variant's copy loop; call before anything imports it."""
+    if variant == "native-md5":
+        patch_pipeline_native_md5()
+    elif variant in ("proposed", "proposed-hashlib"):
+        if variant == "proposed-hashlib":
+            os.environ["ZSAGENT_MD5"] = "hashlib"
+        import importlib.util
+
+        base = Path(__file__).resolve().parent.parent / "zsagent" / "copy" / "pipeline.py"
+        recorded = (PROPOSED_PIPELINE.parent / "BASE_MD5").read_text().strip()
+        if hashlib.md5(base.read_bytes()).hexdigest() != recorded:
+            print("worker: zsagent/copy/pipeline.py changed since bench/proposed/ was made; run "
+                  "bench/proposed/make_proposed.py", file=sys.stderr)
+        spec = importlib.util.spec_from_file_location("zsagent.copy.pipeline", PROPOSED_PIPELINE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["zsagent.copy.pipeline"] = module
+        spec.loader.exec_module(module)
+    elif variant != "current":
+        raise ValueError(f"unknown pipeline variant {variant!r}")
+
+
+def patch_pipeline_native_md5() -> None:
+    """The proposed pipeline change, applied in memory: zsagent.copy.md5.new_md5() as the hasher, and holes
+    hashed with update_zeros() instead of from the shared zero buffer."""
+    from zsagent.copy import pipeline
+    from zsagent.copy.md5 import new_md5
+
+    original_init = pipeline._Copy.__init__
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.md5 = new_md5()
+
+    def _hash_zeros(self, length: int) -> None:
+        self.md5.update_zeros(length)
+
+    pipeline._Copy.__init__ = __init__
+    pipeline._Copy._hash_zeros = _hash_zeros
+
+
+def peak_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def result_of(copy_result, seconds: float, **extra) -> dict:
+    stats = copy_result.stats
+    sink_md5 = [p.md5 for p in copy_result.published if p.md5]
+    return {"seconds": seconds, "md5": copy_result.md5, "size": copy_result.size,
+            "bytes_read": stats.bytes_read, "bytes_written": stats.bytes_written,
+            "zero_bytes_skipped": stats.zero_bytes_skipped, "sink_md5": sink_md5[0] if sink_md5 else None,
+            "actual_size": copy_result.published[0].actual_size if copy_result.published else None, **extra}
+
+
+def run_rbd(spec: dict) -> dict:
+    from zsagent.ceph import CephConfig, open_backend
+    from zsagent.copy.pipeline import PipelineConfig
+    from zsagent.rbd_copy import CephCopyMode, copy_rbd_volume, rbd_template_sink
+
+    backend = open_backend(CephConfig(backend="rados", conf=spec["conf"], keyring=spec["keyring"]))
+    config = PipelineConfig(chunk_bytes=spec["chunk_bytes"], depth=spec["depth"])
+    start = time.perf_counter()
+    cluster = backend.connect()
+    try:
+        src = cluster.open_ioctx(spec["pool"])
+        dst = cluster.open_ioctx(spec["backup_pool"])
+        connected = time.perf_counter()
+        sinks = []
+        if spec["mode"] != "hash-only":
+            sinks = [rbd_template_sink(CephCopyMode(spec["mode"]), backend.rbd, src, spec["volume"],
+                                       spec["snapshot"], dst, spec["backup_pool"], spec["dest"])]
+        result = copy_rbd_volume(backend.rbd, src, spec["volume"], spec["snapshot"], sinks, config)
+        seconds = time.perf_counter() - start
+        out = result_of(result, seconds, connect_s=connected - start)
+        if sinks:
+            backend.rbd.RBD().remove(dst, spec["dest"])
+        return out
+    finally:
+        cluster.shutdown()
+
+
+def run_file(spec: dict) -> dict:
+    from zsagent.copy.pipeline import PipelineConfig, run_copy
+    from zsagent.sinks.raw_file import RawFileSink
+    from zsagent.sources.qemu_nbd import QemuNbdSource
+
+    config = PipelineConfig(chunk_bytes=spec["chunk_bytes"], depth=spec["depth"])
+    start = time.perf_counter()
+    source = QemuNbdSource(spec["path"], spec.get("format", "qcow2"), connections=spec["depth"])  # as the service
+    try:
+        if spec["sink"] == "raw":
+            sink = RawFileSink(spec["dest"])
+        else:
+            from zsagent.sinks.file_stream import FileStreamTarget
+            from zsagent.sinks.qcow2_stream import Qcow2StreamSink
+
+            sink = Qcow2StreamSink(FileStreamTarget(spec["dest"]))
+        # as the service: the content md5 only when some destination is raw (qcow2 hashes its own bytes)
+        result = run_copy(source, [sink], config, hash_content=spec["sink"] == "raw")
+    finally:
+        source.close()
+    seconds = time.perf_counter() - start
+    out = result_of(result, seconds)
+    Path(spec["dest"]).unlink(missing_ok=True)
+    return out
+
+
+def run_ceiling(spec: dict) -> dict:
+    """MD5 of spec['bytes'] bytes from memory (a 64 MiB buffer, 4 MiB updates): the one-core ceiling."""
+    buffer = memoryview(os.urandom(64 * MiB))
+    if spec["impl"] == "native":
+        from zsagent._md5 import MD5
+
+        md5 = MD5()
+    else:
+        import hashlib
+
+        md5 = hashlib.md5()
+    total = spec["bytes"]
+    start = time.perf_counter()
+    done = 0
+    while done < total:
+        n = min(4 * MiB, total - done)
+        at = done % (64 * MiB - 4 * MiB)
+        md5.update(buffer[at:at + n])
+        done += n
+    md5.digest()
+    return {"seconds": time.perf_counter() - start, "bytes": total}
+
+
+def run_many(spec: dict) -> dict:
+    results: list[dict | None] = [None] * len(spec["jobs"])
+    errors: list[BaseException] = []
+
+    def work(i: int, job: dict) -> None:
+        try:
+            results[i] = RUNNERS[job["kind"]](job)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i, job)) for i, job in enumerate(spec["jobs"])]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return {"seconds": seconds, "jobs": results}
+
+
+RUNNERS = {"rbd": run_rbd, "file": run_file, "ceiling": run_ceiling, "many": run_many}
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    variants = {spec.get("pipeline", "current")} | {j.get("pipeline", "current") for j in spec.get("jobs", [])}
+    if len(variants) > 1:
+        raise ValueError("all jobs of one process use the same pipeline variant")
+    load_pipeline(variants.pop())
+    out = RUNNERS[spec["kind"]](spec)
+    out["hwm_kib"] = peak_rss_kib()
+    out["cpu_s"] = cpu_seconds()
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
