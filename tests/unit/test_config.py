@@ -14,7 +14,7 @@ def test_the_annotated_example_is_a_valid_config():
     assert [b.type for b in config.backup_storage] == ["ceph", "filesystem", "sftp"]
     assert config.backup_storage[0].default and config.backup_storage[0].mode == "copy"
     assert config.primary_storage[0].pools == ("zs-pri",)
-    assert config.pipeline.chunk_bytes == 4 * 1024 * 1024
+    assert config.pipeline.chunk_bytes == 2 * 1024 * 1024 and config.pipeline.depth == 16
 
 
 def write(tmp_path, text):

@@ -46,7 +46,9 @@ class CephBackend:
             cluster = self.rados.Rados(conf={"fake_root": self.config.fake_root})
         else:
             conf = {"client_mount_timeout": str(timeout_s), "rados_osd_op_timeout": str(timeout_s),
-                    "rados_mon_op_timeout": str(timeout_s)}
+                    "rados_mon_op_timeout": str(timeout_s),
+                    # librbd's flatten with its default of 10 ops in flight alone takes ~240 MiB
+                    "rbd_concurrent_management_ops": "4"}
             if self.config.keyring:
                 conf["keyring"] = self.config.keyring
             cluster = self.rados.Rados(conffile=self.config.conf, rados_id=self.config.client, conf=conf)
