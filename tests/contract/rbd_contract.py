@@ -1,17 +1,10 @@
 """Shared pieces of the contract suite (imported by its conftest and tests as ``rbd_contract``).
 
-The contract suite: every test runs against the fake backend and against a real Ceph cluster.
-
-``backend`` is parametrized ``["fake", "real"]`` (the real one marked ``ceph``) and gives a
-``ContractBackend``: the ``rados``/``rbd`` modules of that backend, a connected cluster handle and two
-open pools (the second for cross-pool clones). Tests use unique image names, so they share the pools.
-``both`` gives the (real, fake) pair for the differential tests that run one pattern on each.
-
-The real side takes the session cluster and pools from ``tests/conftest.py`` (``ceph_cluster``,
-``make_pool``); under CI=true they fail instead of skipping. Real connections set
-``rbd_default_clone_format=1``: the agent always protects a snapshot before cloning it, and clone
-format 1 is what makes an unprotected clone an error on every cluster (the test cluster's "auto"
-already picks 1, a mimic+ cluster would pick 2).
+Every contract test runs against the fake backend and against a real Ceph cluster: the ``backend``
+fixture (``conftest.py``) gives a ``ContractBackend`` with the ``rados``/``rbd`` modules of that
+backend, a connected cluster handle and two open pools (the second for cross-pool clones). Tests use
+unique image names, so they share the pools; setups that tests only read are built once per backend
+(``shared_parent``, ``shared_snapshotted``) because on real Ceph every snapshot costs about a second.
 """
 
 from __future__ import annotations
@@ -44,6 +37,14 @@ class ContractBackend:
     pool2: str
     ioctx2: Any
     _opened: list = field(default_factory=list, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def cached(self, key: str, factory):
+        """factory(self) once per backend and session: for setups several tests only read (on real
+        Ceph every snapshot costs about a second of monitor time)."""
+        if key not in self._cache:
+            self._cache[key] = factory(self)
+        return self._cache[key]
 
     @property
     def rbd(self) -> ModuleType:
@@ -117,3 +118,44 @@ class _Raises:
         got = getattr(self.info.value, "errno", "no errno attribute")
         assert got == self._errno, f"{self.info.value!r}: errno {got!r}, expected {self._errno!r}"
         return suppressed
+
+
+PARENT_SIZE = 12 * MiB + 5
+
+
+def make_parent(backend: ContractBackend) -> str:
+    """A clone parent: data in objects 0 (100 bytes), 1 (all of it), 2 (5 bytes at +1000) and 3 (the
+    5-byte tail of the image), then snapshot "s", protected. Returns its name."""
+    name = backend.create(PARENT_SIZE)
+    with backend.rbd.Image(backend.ioctx, name) as image:
+        image.write(b"P" * 100, 0)
+        image.write(b"P" * (4 * MiB), 4 * MiB)
+        image.write(b"P" * 5, 8 * MiB + 1000)
+        image.write(b"P" * 5, 12 * MiB)
+        image.create_snap("s")
+        image.protect_snap("s")
+    return name
+
+
+def shared_parent(backend: ContractBackend) -> str:
+    """make_parent() once per backend: for tests that only clone it (and may write to its head)."""
+    return backend.cached("parent", make_parent)
+
+
+def make_snapshotted(backend: ContractBackend) -> str:
+    """An image with two snapshots: "a" (1 MiB, "head1" at 0), then - taken through a handle open at
+    "a", which snapshots the head all the same - "b" (2 MiB, "head2" at 0)."""
+    name = backend.create(MiB)
+    with backend.rbd.Image(backend.ioctx, name) as image:
+        image.write(b"head1", 0)
+        image.create_snap("a")
+        image.resize(2 * MiB)
+        image.write(b"head2", 0)
+        with backend.rbd.Image(backend.ioctx, name, snapshot="a") as at_a:
+            at_a.create_snap("b")
+    return name
+
+
+def shared_snapshotted(backend: ContractBackend) -> str:
+    """make_snapshotted() once per backend; tests must leave its snapshots as they found them."""
+    return backend.cached("snapshotted", make_snapshotted)

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from rbd_contract import ContractBackend, KiB, MiB, raises
-
-PARENT_SIZE = 12 * MiB + 5
+from rbd_contract import PARENT_SIZE, ContractBackend, KiB, MiB, make_parent, raises, shared_parent
 
 
 def _parent(backend: ContractBackend) -> tuple[str, object]:
-    """A parent with data in objects 0 (100 bytes), 1 (full), 2 (5 bytes at +1000) and 3 (the 5-byte tail),
-    snapshot "s" protected."""
-    name = backend.create(PARENT_SIZE)
-    image = backend.open(name)
-    image.write(b"P" * 100, 0)
-    image.write(b"P" * (4 * MiB), 4 * MiB)
-    image.write(b"P" * 5, 8 * MiB + 1000)
-    image.write(b"P" * 5, 12 * MiB)
-    image.create_snap("s")
-    image.protect_snap("s")
-    return name, image
+    """An own parent (see make_parent) and an open handle on its head."""
+    name = make_parent(backend)
+    return name, backend.open(name)
+
+
+def _shared(backend: ContractBackend) -> tuple[str, object]:
+    name = shared_parent(backend)
+    return name, backend.open(name)
 
 
 def test_clone_needs_a_protected_snapshot(backend: ContractBackend) -> None:
@@ -39,7 +34,7 @@ def test_clone_needs_a_protected_snapshot(backend: ContractBackend) -> None:
 
 
 def test_clone_reads_through_to_the_parent_snapshot(backend: ContractBackend) -> None:
-    parent_name, parent = _parent(backend)
+    parent_name, parent = _shared(backend)
     with backend.open(parent_name, snapshot="s") as snap:
         expected = snap.read(0, PARENT_SIZE)
     parent.write(b"Q" * 10, 0)  # later parent writes stay invisible to the clone
@@ -52,7 +47,7 @@ def test_clone_reads_through_to_the_parent_snapshot(backend: ContractBackend) ->
 
 
 def test_copy_up_keeps_the_parent_intact(backend: ContractBackend) -> None:
-    parent_name, parent = _parent(backend)
+    parent_name, parent = _shared(backend)
     child = backend.open(backend.clone(parent_name, "s"))
     child.write(b"C" * 10, 4 * MiB + 100)  # object with parent data: copied up, then written
     child.write(b"C" * 10, 8 * MiB + 100)  # parent data elsewhere in the object
@@ -65,7 +60,7 @@ def test_copy_up_keeps_the_parent_intact(backend: ContractBackend) -> None:
 
 
 def test_discard_in_a_clone_hides_the_parent(backend: ContractBackend) -> None:
-    parent_name, _ = _parent(backend)
+    parent_name, _ = _shared(backend)
     child = backend.open(backend.clone(parent_name, "s"))
     child.discard(0, 4 * MiB)  # whole object
     child.discard(4 * MiB + 64 * KiB, 64 * KiB)  # part of an object
@@ -74,7 +69,7 @@ def test_discard_in_a_clone_hides_the_parent(backend: ContractBackend) -> None:
 
 
 def test_clone_of_a_clone(backend: ContractBackend) -> None:
-    parent_name, _ = _parent(backend)
+    parent_name, _ = _shared(backend)
     child_name = backend.clone(parent_name, "s")
     child = backend.open(child_name)
     child.write(b"C" * 10, 4 * MiB + 100)
@@ -155,7 +150,7 @@ def test_flatten(backend: ContractBackend) -> None:
 
 
 def test_shrinking_a_clone_cuts_the_overlap(backend: ContractBackend) -> None:
-    parent_name, _ = _parent(backend)
+    parent_name, _ = _shared(backend)
     child = backend.open(backend.clone(parent_name, "s"))
     child.resize(5 * MiB)
     assert child.overlap() == 5 * MiB

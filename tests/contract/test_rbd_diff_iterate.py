@@ -24,7 +24,7 @@ import sys
 import textwrap
 
 import pytest
-from rbd_contract import ContractBackend, KiB, MiB, all_diffs, diff, raises
+from rbd_contract import ContractBackend, KiB, MiB, all_diffs, diff, raises, shared_parent
 
 T, F = True, False
 
@@ -197,15 +197,9 @@ PARENT_WHOLE = [(0, 4 * MiB, T), (4 * MiB, 4 * MiB, T), (8 * MiB, 4 * MiB, T), (
 
 @pytest.fixture
 def parent(backend: ContractBackend):
-    name = backend.create(12 * MiB + 5)
-    image = backend.open(name)
-    image.write(b"P" * 100, 0)
-    image.write(b"P" * (4 * MiB), 4 * MiB)
-    image.write(b"P" * 5, 8 * MiB + 1000)
-    image.write(b"P" * 5, 12 * MiB)
-    image.create_snap("s")
-    image.protect_snap("s")
-    return backend, name, image
+    """The shared clone parent (rbd_contract.make_parent): objects 0-3 with data, snapshot "s" protected."""
+    name = shared_parent(backend)
+    return backend, name, backend.open(name)
 
 
 def test_clone_reports_parent_data(parent) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from rbd_contract import ContractBackend, KiB, MiB, raises
+from rbd_contract import ContractBackend, KiB, MiB, raises, shared_snapshotted
 
 # ---------------------------------------------------------------- create / list / remove / rename
 
@@ -98,14 +98,12 @@ def test_remove_refused_while_open_read_write(backend: ContractBackend) -> None:
 
 def test_remove_refused_with_snapshots_even_when_open(backend: ContractBackend) -> None:
     rbd = backend.rbd
-    name = backend.create(MiB)
-    image = backend.open(name)
-    image.create_snap("s")
+    name = shared_snapshotted(backend)
+    with raises(rbd.ImageHasSnapshots, 39):
+        rbd.RBD().remove(backend.ioctx, name)
+    backend.open(name)
     with raises(rbd.ImageHasSnapshots, 39):  # checked before watchers
         rbd.RBD().remove(backend.ioctx, name)
-    image.remove_snap("s")
-    image.close()
-    rbd.RBD().remove(backend.ioctx, name)
 
 
 # ---------------------------------------------------------------- stat, size, reads, writes
@@ -271,9 +269,10 @@ def test_metadata(backend: ContractBackend) -> None:
     assert list(image.metadata_list()) == [("k1", "v1b"), ("k2", "v2"), ("raw", "bytes are accepted")]
     image.metadata_remove("k1")
     assert [k for k, _ in image.metadata_list()] == ["k2", "raw"]
-    image.create_snap("s")
-    with backend.open(image.get_name(), snapshot="s") as snap:
-        assert snap.metadata_get("k2") == "v2"  # image-level, readable from a snapshot handle
+    name = shared_snapshotted(backend)
+    backend.open(name).metadata_set("shared", "yes")
+    with backend.open(name, snapshot="a") as snap:
+        assert snap.metadata_get("shared") == "yes"  # image-level, readable from a snapshot handle
 
 
 # ---------------------------------------------------------------- rados

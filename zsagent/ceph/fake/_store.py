@@ -27,11 +27,14 @@ import os
 import secrets
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _ZERO_CHUNK_BYTES = 1 << 20
+#: parsed JSON files kept per process (each holds one open file descriptor)
+_CACHE_ENTRIES = 256
 
 try:
     _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -105,7 +108,7 @@ class Store:
         self.root = root
         os.makedirs(os.path.join(root, "pools"), exist_ok=True)
         self.lock = StoreLock(os.path.join(root, ".lock"))
-        self._cache: dict[str, tuple[tuple[int, int, int], dict]] = {}
+        self._cache: OrderedDict[str, tuple[tuple[int, int, int], dict, int]] = OrderedDict()
         self._cache_lock = threading.Lock()
         with self.lock(exclusive=True):
             if not os.path.exists(self._cluster_path):
@@ -119,7 +122,12 @@ class Store:
 
     def _load(self, path: str, fresh: bool) -> dict | None:
         """The parsed file, or None when missing. Cached objects must not be mutated: pass fresh=True
-        to get a private copy to modify and save."""
+        to get a private copy to modify and save.
+
+        A cache entry keeps the file it was read from open, so that its inode cannot be reused by a
+        later replacement: (inode, mtime, size) then reliably tells whether the file changed, even when
+        two saves land within one timestamp tick and have the same size.
+        """
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -128,17 +136,31 @@ class Store:
         if not fresh:
             with self._cache_lock:
                 hit = self._cache.get(path)
-            if hit is not None and hit[0] == key:
-                return hit[1]
+                if hit is not None and hit[0] == key:
+                    self._cache.move_to_end(path)
+                    return hit[1]
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                obj = json.loads(f.read())
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        if not fresh:
-            with self._cache_lock:
-                self._cache[path] = ((st.st_ino, st.st_mtime_ns, st.st_size), obj)
+        try:
+            st = os.fstat(fd)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                obj = json.loads(f.read())
+        except BaseException:
+            os.close(fd)
+            raise
+        if fresh:
+            os.close(fd)
+            return obj
+        with self._cache_lock:
+            old = self._cache.pop(path, None)
+            if old is not None:
+                os.close(old[2])
+            self._cache[path] = ((st.st_ino, st.st_mtime_ns, st.st_size), obj, fd)
+            while len(self._cache) > _CACHE_ENTRIES:
+                _, (_, _, evicted_fd) = self._cache.popitem(last=False)
+                os.close(evicted_fd)
         return obj
 
     def _save(self, path: str, obj: dict) -> None:
@@ -147,12 +169,14 @@ class Store:
             json.dump(obj, f, separators=(",", ":"))
         os.replace(tmp, path)
         with self._cache_lock:
-            self._cache.pop(path, None)
+            old = self._cache.pop(path, None)
+            if old is not None:
+                os.close(old[2])
 
     def _remove_cached(self, prefix: str) -> None:
         with self._cache_lock:
             for path in [p for p in self._cache if p.startswith(prefix)]:
-                del self._cache[path]
+                os.close(self._cache.pop(path)[2])
 
     # ------------------------------------------------------------ cluster and pools
 

@@ -123,9 +123,7 @@ class Rados:
 
     def require_state(self, *states) -> None:
         if self.state not in states:
-            raise RadosStateError(
-                f"You cannot perform that operation on a Rados object in state {self.state}."
-            )
+            raise RadosStateError(f"You cannot perform that operation on a Rados object in state {self.state}.")
 
     def connect(self, timeout: int = 0) -> None:
         self.require_state("configuring")

@@ -938,4 +938,3 @@ class _Mutating:
         finally:
             self._lock.__exit__(exc_type, exc, tb)
         return False
-
