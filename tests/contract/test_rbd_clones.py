@@ -66,6 +66,8 @@ def test_discard_in_a_clone_hides_the_parent(backend: ContractBackend) -> None:
     child.discard(4 * MiB + 64 * KiB, 64 * KiB)  # part of an object
     assert child.read(0, 100) == bytes(100)
     assert child.read(4 * MiB + 64 * KiB - 1, 64 * KiB + 2) == b"P" + bytes(64 * KiB) + b"P"
+    child.discard(8 * MiB, 64 * KiB)  # covers all the parent data there: nothing to copy up, still hidden
+    assert child.read(8 * MiB + 1000, 5) == bytes(5)
 
 
 def test_clone_of_a_clone(backend: ContractBackend) -> None:

@@ -11,7 +11,20 @@ An image's metadata (``meta.json``, see ``_store``) holds, besides sizes and nam
 The rules encoded here were measured on Ceph Pacific 16.2.15 (librbd with the default features
 layering, exclusive-lock, object-map, fast-diff, deep-flatten; memstore OSD) and are pinned by
 ``tests/contract``. Where a rule looks odd (for example a zero-length clone object reporting its
-parent's data in diff_iterate) it is because the real cluster does it.
+parent's data in diff_iterate) it is because the real cluster does it. The main ones:
+
+- discard: shrunk inward to 64 KiB; per object remove (whole object; in a clone's parent overlap:
+  truncate to 0 instead, which hides the parent), truncate (reaches the object end) or zero; ops on
+  objects that do not exist are skipped, except in a clone's parent overlap;
+- OSD zero reaching the end of an object truncates it; truncate past the end extends it;
+- copy-up (first write-type op on a missing clone object inside the overlap): copies the parent's
+  sparse-read extents - [0, object size) of an existing parent object, the whole range when the parent
+  reads through to its own parent - minus what the op overwrites (all of it when the clone has
+  snapshots); all zeros means no copy, but the child object is still created, empty; a real copy also
+  marks the object in the clone's snapshot object maps (oldest dirty, later clean);
+- shrinking a clone with snapshots first copies up every missing object up to the old overlap;
+- diff_iterate: see ``diff_iterate`` below (fast diff from object maps when whole_object and the
+  fast-diff feature, else librbd's list-snaps path over the OSD snapshot sets).
 """
 
 from __future__ import annotations
@@ -329,14 +342,22 @@ class Mutation:
         else:
             self.meta["objmap"][str(object_no)] = state
 
-    def copyup(self, object_no: int, for_flatten: bool = False) -> bool:
+    def copyup(self, object_no: int, for_flatten: bool = False, overwrite: iv.Interval | None = None) -> bool:
         """Copy the parent's data of a missing child object into the child (deep-flatten style: with an
-        empty snapshot context, so the child's snapshots see it too). Returns whether data was copied."""
+        empty snapshot context, so the child's snapshots see it too). Returns whether data was copied.
+
+        ``overwrite``: the object-relative range the op that triggers the copy-up is about to write
+        (or zero, or truncate away).
+        Without child snapshots librbd copies only what that write leaves of the parent data; with
+        them it copies everything. Either way, when what it would copy is all zeros it copies nothing.
+        """
         osz = object_size(self.meta)
         base = object_no * osz
         parent = self.view.parent()
         stop = min(base + osz, self.meta["parent"]["overlap"])
         extents = sparse_read_extents(parent, base, stop)
+        if overwrite is not None and not self.meta["snaps"]:
+            extents = iv.subtract(extents, [(base + overwrite[0], base + overwrite[1])])
         bufs = []
         for start, end in extents:
             buf = bytearray(end - start)
@@ -365,15 +386,20 @@ class Mutation:
             self._set_objmap(object_no, OBJECT_EXISTS_CLEAN if (updated_snaps and fast_diff) else OBJECT_EXISTS)
         return True
 
-    def _prepare(self, object_no: int) -> bool:
+    def _prepare(self, object_no: int, overwrite: iv.Interval | None = None) -> bool:
         """Before a write-type op on a head object: copy up from the parent when the child object is
-        missing inside the parent overlap. Returns whether the op applies (object exists or is in the
-        overlap); the object map entry becomes EXISTS in that case."""
+        missing inside the parent overlap (``overwrite``: the range a data write covers). Returns
+        whether the op applies (object exists or is in the overlap); its object map entry becomes
+        EXISTS in that case."""
         if self._head_exists(object_no):
             self._set_objmap(object_no, OBJECT_EXISTS)
             return True
         if self._in_parent_overlap(object_no):
-            self.copyup(object_no)
+            if not self.copyup(object_no, overwrite=overwrite):
+                # the copy-up still creates the child object, empty: it hides the parent from now on
+                rec = self._record(object_no, create=True)
+                if rec["head"] is None:
+                    osd.truncate(rec, 0, (0, []), self._data(object_no))
             self._set_objmap(object_no, OBJECT_EXISTS)
             return True
         return False
@@ -389,7 +415,7 @@ class Mutation:
             object_no = pos // osz
             base = object_no * osz
             oend = min(base + osz, end)
-            self._prepare(object_no)
+            self._prepare(object_no, overwrite=(pos - base, oend - base))
             self._set_objmap(object_no, OBJECT_EXISTS)
             rec = self._record(object_no, create=True)
             osd.write(rec, pos - base, oend - base, self.snapc, self._data(object_no))
@@ -412,7 +438,7 @@ class Mutation:
             rel_start, rel_end = pos - base, oend - base
             if rel_start == 0 and rel_end == osz:
                 self._discard_whole(object_no)
-            elif self._prepare(object_no):
+            elif self._prepare(object_no, overwrite=(rel_start, rel_end)):
                 rec = self._record(object_no, create=True)
                 if rel_end == osz:
                     osd.truncate(rec, rel_start, self.snapc, self._data(object_no))
@@ -461,7 +487,7 @@ class Mutation:
         if new_size % osz:
             object_no = new_size // osz
             base = object_no * osz
-            if self._prepare(object_no):
+            if self._prepare(object_no, overwrite=(new_size % osz, osz)):
                 rec = self._record(object_no, create=True)
                 if old_size < base + osz:
                     # the old end lies in this object too: librbd zeroes [new end, old end) in it rather
