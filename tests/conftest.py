@@ -21,20 +21,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
+from support import unavailable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO_ROOT / "scripts"
 UP_TIMEOUT = 180  # seconds for a script's `up`; ceph-cluster itself gives up after 120
 
-
-def unavailable(reason: str) -> NoReturn:
-    """A needed service cannot be had: fail under CI=true (never skip there), skip elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
 
 
 def unique_pool_name(prefix: str = "zst") -> str:

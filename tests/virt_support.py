@@ -17,19 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-import pytest
-
 MiB = 1024 * 1024
 # The QOM path of the first virtio disk's BlockBackend (the device alias is virtio-disk0).
 DISK_BACKEND = "/machine/peripheral/virtio-disk0/virtio-backend"
 AGENT_CHANNEL = ("<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>")
 
-
-def unavailable(reason: str):
-    """A needed service cannot be had: fail under CI=true (never skip there), skip elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
 
 
 def run(*argv: str | os.PathLike[str]) -> str:

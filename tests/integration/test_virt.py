@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import MemorySink, md5sum_file
+from support import MemorySink, md5sum_file, unavailable
 from virt_support import (
     AGENT_CHANNEL,
     MiB,
@@ -30,7 +30,6 @@ from virt_support import (
     raw_md5,
     run,
     transient_domain,
-    unavailable,
 )
 
 from zsagent.copy.errors import AllSinksFailed
