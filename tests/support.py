@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,25 @@ class MemorySink:
 
 def data_extents(extents) -> list[tuple[int, int]]:
     return [(e.offset, e.length) for e in coalesce(extents) if e.kind is Kind.DATA]
+
+
+def make_qcow2_chain(directory: Path) -> Path:
+    """base.qcow2 (data, a zero-written range, a compressed part) <- top.qcow2 (overwrites); 24 MiB."""
+    mib = 1024 * 1024
+    raw = directory / "seed.raw"
+    with open(raw, "wb") as f:
+        f.truncate(24 * mib)
+        f.seek(8 * mib)
+        f.write(os.urandom(2 * mib))
+    base, top = directory / "base.qcow2", directory / "top.qcow2"
+    _run("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(base))  # compressed clusters
+    _run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 3M", "-c", "write -z 3M 1M",
+         "-c", "write -P 0x33 20M 65537", str(base))
+    _run("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(top))
+    _run("qemu-io", "-f", "qcow2", "-c", "write -P 0x22 1M 1M", "-c", "write -z 9M 512k",
+         "-c", "write -P 0x44 23M 1M", str(top))
+    return top
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)

@@ -15,10 +15,13 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from zsagent.copy.pipeline import CopyResult, PipelineConfig, ProgressCallback, run_copy
+from zsagent.copy.pipeline import CopyResult, PipelineConfig, ProgressCallback
+from zsagent.qemu_img import QemuInput
 from zsagent.sinks.base import Sink
+from zsagent.sinks.converted import Converter
 from zsagent.sinks.rbd_image import RbdCloneSink, RbdImageSink
 from zsagent.sources.rbd_snapshot import RbdSnapshotSource
+from zsagent.transfer import transfer
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,10 @@ def rbd_template_sink(mode: CephCopyMode, rbd_module, src_ioctx, volume: str, sn
 def copy_rbd_volume(rbd_module, ioctx, volume: str, snapshot: str, sinks: Sequence[Sink],
                     config: PipelineConfig | None = None, *, progress: ProgressCallback | None = None,
                     cancel: threading.Event | None = None, hash_content: bool = True,
-                    take_snapshot: Callable[[Callable[[], None]], None] | None = None) -> CopyResult:
-    """Take ``volume@snapshot``, copy it into ``sinks`` in one pass, then release the snapshot.
+                    take_snapshot: Callable[[Callable[[], None]], None] | None = None,
+                    converters: Sequence[Converter] = (), qemu_input: QemuInput | None = None) -> CopyResult:
+    """Take ``volume@snapshot``, copy it into ``sinks`` in one pass (and make the ``converters``' templates,
+    which read the snapshot through qemu as ``qemu_input`` names it), then release the snapshot.
 
     The snapshot must not exist yet (it is named after the new template, so a clash means a retry of a
     job that is still running or left state behind: ImageExists from rbd). ``take_snapshot(create)``,
@@ -62,9 +67,10 @@ def copy_rbd_volume(rbd_module, ioctx, volume: str, snapshot: str, sinks: Sequen
 
     try:
         (take_snapshot or (lambda make: make()))(create)
-        source = RbdSnapshotSource(rbd_module, ioctx, volume, snapshot)
+        source = RbdSnapshotSource(rbd_module, ioctx, volume, snapshot, qemu_input=qemu_input)
         try:
-            return run_copy(source, sinks, config, progress=progress, cancel=cancel, hash_content=hash_content)
+            return transfer(source, sinks, converters, config, progress=progress, cancel=cancel,
+                            hash_content=hash_content)
         finally:
             source.close()
     finally:

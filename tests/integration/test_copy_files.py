@@ -8,7 +8,7 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import md5sum_file
+from support import make_qcow2_chain, md5sum_file
 
 from zsagent.copy.errors import AllSinksFailed, CopyCancelled, SourceError
 from zsagent.copy.pipeline import PipelineConfig, run_copy
@@ -83,20 +83,7 @@ def test_holes_are_not_written(tmp_path):
 
 @pytest.fixture
 def qcow2_chain(tmp_path):
-    """base.qcow2 (data, a zero-written range, a compressed part) <- top.qcow2 (overwrites)."""
-    raw = tmp_path / "seed.raw"
-    with open(raw, "wb") as f:
-        f.truncate(24 * MiB)
-        f.seek(8 * MiB)
-        f.write(os.urandom(2 * MiB))
-    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
-    run("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(base))  # compressed clusters
-    run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 3M", "-c", "write -z 3M 1M",
-        "-c", "write -P 0x33 20M 65537", str(base))
-    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(top))
-    run("qemu-io", "-f", "qcow2", "-c", "write -P 0x22 1M 1M", "-c", "write -z 9M 512k",
-        "-c", "write -P 0x44 23M 1M", str(top))
-    return top
+    return make_qcow2_chain(tmp_path)
 
 
 def test_qcow2_chain_template_equals_qemu_img_convert(tmp_path, qcow2_chain):

@@ -34,7 +34,10 @@ from virt_support import (
 
 from zsagent.copy.errors import AllSinksFailed
 from zsagent.copy.pipeline import PipelineConfig, run_copy
+from zsagent.qemu_img import ConvertOptions
+from zsagent.sinks.converted import ConvertedFile
 from zsagent.sinks.raw_file import RawFileSink
+from zsagent.transfer import transfer
 from zsagent.virt import (
     Consistency,
     Method,
@@ -376,6 +379,34 @@ def test_running_domain_file_volume_is_copied_as_it_was(conn, libvirt_uri, qemu_
     assert has_pattern(disk, 0x11, 65 * MiB, MiB, fmt) and has_pattern(disk, 0x11, 0, 8 * MiB, fmt)
     assert has_pattern(disk, 0x33, 100 * MiB, MiB, fmt)
     assert has_pattern(out, 0x11, 64 * MiB, 2 * MiB, fmt="raw")
+
+
+@pytest.mark.parametrize("method", ["backup", "snapshot"])
+def test_running_domain_volume_into_a_compressed_template(conn, libvirt_uri, qemu_dir, method):
+    """The qemu-img engine reads the same point in time (QEMU's NBD export, or the base under an overlay)."""
+    disk = guest_disk(qemu_dir)
+    reference = qemu_dir / "ref.qcow2"
+    shutil.copyfile(disk, reference)
+    out = qemu_dir / "template.qcow2"
+    written = []
+    with transient_domain(conn, domain_xml(unique(), disk)) as dom:
+
+        def progress(done: int, total: int) -> None:
+            if not written:  # qemu-img is converting: the guest overwrites A with B
+                guest_io(dom, "write -P 0x22 64M 1M")
+                written.append(done)
+
+        pit = open_point_in_time("file", disk, uri=libvirt_uri, method=method, runtime_dir=str(qemu_dir / "run"))
+        with pit as source:
+            result = transfer(source, [], [ConvertedFile(out, ConvertOptions(compression="zstd"), COPY)], COPY,
+                              progress=progress)
+        assert written
+        assert result.published[0].md5 == md5sum_file(out)
+        run("qemu-img", "check", out)
+        run("qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2", reference, out)
+        assert pit.journal.pending == []
+        assert_back_on(dom, disk, qemu_dir, {disk.name, reference.name, out.name})
+    assert has_pattern(disk, 0x22, 64 * MiB, MiB)
 
 
 @pytest.mark.parametrize("method", ["backup", "snapshot"])

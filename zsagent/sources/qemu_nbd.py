@@ -28,6 +28,7 @@ class QemuNbdSource:
 
         self._nbd = nbd
         self.path = os.fspath(path)
+        self.qemu_input = (image_format, os.path.abspath(self.path))  # how qemu-img reads it (zsagent.qemu_img)
         self._dir = tempfile.mkdtemp(prefix="zsagent-nbd-")
         self._socket = os.path.join(self._dir, "nbd.sock")
         self._handles: list = []

@@ -14,6 +14,7 @@ class RawFileSource:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
+        self.qemu_input = ("raw", os.path.abspath(self.path))  # how qemu-img reads it (zsagent.qemu_img)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self.size = os.lseek(self._fd, 0, os.SEEK_END)

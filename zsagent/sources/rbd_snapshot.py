@@ -11,9 +11,12 @@ class RbdSnapshotSource:
     """``pool/image@snapshot`` opened read-only through ``rbd_module`` (real or fake).
 
     Clones report their parents' data too (``include_parent=True``), so a clone's template is complete.
+    ``qemu_input``: how qemu-img names the same snapshot (see zsagent.qemu_img), when it can read it.
     """
 
-    def __init__(self, rbd_module, ioctx, image: str, snapshot: str) -> None:
+    def __init__(self, rbd_module, ioctx, image: str, snapshot: str,
+                 qemu_input: tuple[str, str] | None = None) -> None:
+        self.qemu_input = qemu_input
         self._image = rbd_module.Image(ioctx, image, snapshot=snapshot, read_only=True)
         self.size = self._image.size()
 

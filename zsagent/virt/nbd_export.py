@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from urllib.parse import quote
 
 from zsagent.copy.extents import Extent, Kind
 from zsagent.sources.nbd_status import nbd_extents
@@ -24,6 +25,8 @@ class NbdExportSource:
         self._nbd = nbd
         self.socket_path = socket_path
         self.export_name = export_name
+        # how qemu-img reads the same export (zsagent.qemu_img)
+        self.qemu_input = ("raw", f"nbd+unix:///{quote(export_name, safe='')}?socket={quote(socket_path)}")
         self._handles: list = []
         self._local = threading.local()
         self._lock = threading.Lock()
