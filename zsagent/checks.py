@@ -4,6 +4,7 @@ was checked and, for a problem, how to fix it."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ def run_checks(config: Config) -> list[Finding]:
     findings += list(_ceph(config))
     findings += list(_file_roots(config))
     findings += list(_sftp(config))
+    findings += list(_qemu_img_engine(config))
     return findings
 
 
@@ -95,6 +97,25 @@ def _sftp(config: Config) -> Iterator[Finding]:
             yield (False, f"backup storage {bs.uuid}: SFTP support is not installed", "reinstall zsagent")
             continue
         yield check_sftp_backup_storage(bs)
+
+
+def _qemu_img_engine(config: Config) -> Iterator[Finding]:
+    """Storages whose templates qemu-img makes need qemu-img, and for SFTP a writable spool."""
+    users = [bs for bs in config.backup_storage if bs.compression != "none" or bs.engine == "qemu-img"]
+    if not users:
+        return
+    if shutil.which("qemu-img"):
+        yield (True, "qemu-img is installed (compressed / qemu-img engine templates)", "")
+    else:
+        yield (False, "qemu-img is not installed, but backup storages "
+               + ", ".join(bs.uuid for bs in users) + " need it", "apt-get install qemu-utils")
+    if any(bs.type == "sftp" for bs in users):
+        spool = config.agent.spool_path
+        if _writable_dir(spool, create=True):
+            yield (True, f"spool_dir {spool} is writable", "")
+        else:
+            yield (False, f"spool_dir {spool} cannot be created or written",
+                   f"create it on a disk with room for the largest template: install -d -m 0750 {spool}")
 
 
 def _writable_dir(path: str, create: bool = False) -> bool:

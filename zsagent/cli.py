@@ -94,12 +94,14 @@ def serve(config_path: str, log_format: str) -> None:
               help="How a Ceph backup storage gets the template.")
 @click.option("--format", "image_format", type=click.Choice(["qcow2", "raw"]), default=None,
               help="File format on filesystem/SFTP backup storage.")
+@click.option("--compression", type=click.Choice(["zstd", "zlib", "none"]), default=None,
+              help="Compressed qcow2 on filesystem/SFTP backup storage (made by qemu-img).")
 @click.option("--resource-uuid", default=None, help="The new image's uuid (default: a random one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the ImageInventory as JSON on stdout.")
 @config_option
 def copy(volume_uuid: str, backup_storages: tuple[str, ...], name: str | None, description: str | None,
-         mode: str | None, image_format: str | None, resource_uuid: str | None, as_json: bool,
-         config_path: str) -> None:
+         mode: str | None, image_format: str | None, compression: str | None, resource_uuid: str | None,
+         as_json: bool, config_path: str) -> None:
     """Make a template of VOLUME_UUID now, the way the HTTP call does, with live progress.
 
     Ctrl-C cancels cleanly: nothing is left on any storage, and the exit code is 130.
@@ -120,8 +122,8 @@ def copy(volume_uuid: str, backup_storages: tuple[str, ...], name: str | None, d
         params["backupStorageUuids"] = list(backup_storages)
     if resource_uuid:
         params["resourceUuid"] = resource_uuid
-    tags = ([f"ceph::copyMode::{mode}"] if mode else []) + ([f"template::format::{image_format}"]
-                                                           if image_format else [])
+    chosen = {"ceph::copyMode": mode, "template::format": image_format, "template::compression": compression}
+    tags = [f"{prefix}::{value}" for prefix, value in chosen.items() if value]
     try:
         request = parse_body({"params": params, "systemTags": tags}, volume_uuid)
     except ZsError as e:

@@ -5,6 +5,7 @@ A bad file fails at start with one line naming the file, the key and the reason.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -26,13 +27,20 @@ class ConfigError(ValueError):
 class AgentSettings:
     """listen: "host:port" of the HTTP API; data_dir: SQLite store and job state; max_jobs: copies
     running at once (more queue); job_retention_s: how long async job results stay pollable;
-    drain_s: on shutdown, how long running copies may finish before they are cancelled."""
+    drain_s: on shutdown, how long running copies may finish before they are cancelled;
+    spool_dir: where qemu-img converts templates bound for SFTP before they are uploaded (empty:
+    ``<data_dir>/spool``); it needs room for the largest such template."""
 
     listen: str = "127.0.0.1:7762"
     data_dir: str = "/var/lib/zsagent"
     max_jobs: int = 2
     job_retention_s: int = 3 * 3600
     drain_s: int = 60
+    spool_dir: str = ""
+
+    @property
+    def spool_path(self) -> str:
+        return self.spool_dir or os.path.join(self.data_dir, "spool")
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,8 @@ class BackupStorage:
     ceph: ``pool``, ``mode`` (copy | clone | flatten) for volumes from the same cluster.
     filesystem: ``path``, ``format`` (qcow2 | raw). sftp: hostname, port, username, private_key,
     known_hosts, path, format. ``default``: used when a request names no backup storage.
+    filesystem and sftp: ``compression`` (none | zstd | zlib: qcow2 compressed by qemu-img) and
+    ``engine`` (stream: the one-pass writers; qemu-img: ``qemu-img convert``, a second read of the volume).
     """
 
     uuid: str
@@ -96,6 +106,8 @@ class BackupStorage:
     mode: str = "copy"
     path: str | None = None
     format: str = "qcow2"
+    compression: str = "none"
+    engine: str = "stream"
     hostname: str | None = None
     port: int = 22
     username: str = "root"
@@ -145,6 +157,8 @@ _CHOICES = {
     ("backup_storage", "type"): ("ceph", "filesystem", "sftp"),
     ("backup_storage", "mode"): ("copy", "clone", "flatten"),
     ("backup_storage", "format"): ("qcow2", "raw"),
+    ("backup_storage", "compression"): ("none", "zstd", "zlib"),
+    ("backup_storage", "engine"): ("stream", "qemu-img"),
     ("ceph", "backend"): ("rados", "fake"),
 }
 
@@ -228,6 +242,10 @@ def _storage(raw: dict[str, Any], kind: str, index: int, cls, source: str):
             raise ConfigError(f"{source}: {where}.{key}: required for type \"{item.type}\"")
     if kind == "backup_storage" and item.type == "ceph" and "format" in values and values["format"] != "raw":
         raise ConfigError(f"{source}: {where}.format: Ceph backup storage stores raw images only")
+    if kind == "backup_storage" and item.type == "ceph" and item.compression != "none":
+        raise ConfigError(f"{source}: {where}.compression: Ceph backup storage stores raw images only")
+    if kind == "backup_storage" and item.compression != "none" and item.format != "qcow2":
+        raise ConfigError(f"{source}: {where}.compression: needs format \"qcow2\"")
     return item
 
 

@@ -24,6 +24,8 @@ SYSTEM_TAGS = {
     r"ceph::copyMode::(copy|clone|flatten)": "how a Ceph backup storage gets the template "
                                              "(overrides the backup storage's mode)",
     r"template::format::(qcow2|raw)": "file format on filesystem/SFTP backup storage (overrides its format)",
+    r"template::compression::(zstd|zlib|none)": "compress a qcow2 template on filesystem/SFTP backup storage "
+                                                "with qemu-img (overrides the storage's compression)",
     r"sftp::bandwidth::[1-9][0-9]{0,14}": "bytes per second an SFTP upload may use (overrides the storage's)",
     r"consistency::quiesced": "a running VM's filesystems must be frozen for the snapshot; "
                               "without a guest agent the request fails (SYS.1006) instead of copying "
@@ -96,8 +98,12 @@ def parse_body(raw: bytes | str | dict, path_volume_uuid: str | None = None) -> 
             raise invalid(f"system tag {tag!r} is not supported; supported patterns: "
                           + ", ".join(SYSTEM_TAGS))
     user_tags = _string_list(body, "userTags")
-    return CreateRequest(name, description, volume_uuid, bs, resource_uuid or None, tag_uuids,
-                         tuple(system_tags), tuple(user_tags))
+    request = CreateRequest(name, description, volume_uuid, bs, resource_uuid or None, tag_uuids,
+                            tuple(system_tags), tuple(user_tags))
+    if request.system_tag("template::compression") not in (None, "none") \
+            and request.system_tag("template::format") == "raw":
+        raise invalid("system tag template::compression needs the qcow2 format, not template::format::raw")
+    return request
 
 
 def _string(obj: dict[str, Any], key: str, required: bool = False, max_length: int | None = None) -> str | None:

@@ -25,14 +25,16 @@ from zsagent.ceph import open_backend
 from zsagent.cleanup import delete_template, remove_artifact
 from zsagent.config import BackupStorage, Config
 from zsagent.copy.errors import AllSinksFailed, CopyCancelled, CopyError
-from zsagent.copy.pipeline import CopyResult, run_copy
-from zsagent.destinations import Destination, build_destination
+from zsagent.copy.pipeline import CopyResult
+from zsagent.destinations import Destination, TemplateTags, build_destination
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.inventory import backup_storage_ref, image_inventory, zstack_date
 from zsagent.metrics import Metrics
+from zsagent.qemu_img import rbd_filename
 from zsagent.rbd_copy import copy_rbd_volume
 from zsagent.request import CreateRequest
 from zsagent.store import ImageRecord, Store
+from zsagent.transfer import transfer
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,9 @@ class TemplateService:
              image_uuid: str, job: JobContext) -> dict[str, Any]:
         snapshot = image_uuid if volume.kind == "ceph" else None
         destinations: list[Destination] = []
+        tags = TemplateTags(mode=request.system_tag("ceph::copyMode"), format=request.system_tag("template::format"),
+                            compression=request.system_tag("template::compression"),
+                            bandwidth=request.system_tag("sftp::bandwidth"))
         job.progress.phase = "snapshot"
         job.progress.bytes_total = volume.size
         try:
@@ -224,9 +229,8 @@ class TemplateService:
                 try:
                     destinations.append(build_destination(
                         bs, volume, image_uuid, account_uuid, ceph_backend=self.ceph, cluster=self.cluster,
-                        mode_tag=request.system_tag("ceph::copyMode"),
-                        format_tag=request.system_tag("template::format"), snapshot=snapshot,
-                        bandwidth_tag=request.system_tag("sftp::bandwidth")))
+                        tags=tags, snapshot=snapshot, pipeline=self.config.pipeline,
+                        spool_dir=self.config.agent.spool_path))
                 except ZsError:
                     raise
                 except Exception as e:  # noqa: BLE001 - a storage we cannot even open fails alone
@@ -309,7 +313,8 @@ class TemplateService:
 
     def _copy(self, volume: Volume, snapshot: str | None, destinations: list[Destination],
               job: JobContext, require_quiesce: bool = False) -> CopyResult:
-        sinks = [d.sink for d in destinations]
+        sinks = [d.sink for d in destinations if d.sink is not None]
+        converters = [d.converter for d in destinations if d.converter is not None]
 
         def progress(done: int, total: int) -> None:
             job.progress.phase = "copying"
@@ -317,20 +322,21 @@ class TemplateService:
 
         config = self.config.pipeline
         # The raw content's MD5 is only needed for raw templates; qcow2 sinks hash their own bytes.
-        hash_content = any(d.format == "raw" for d in destinations)
+        hash_content = any(d.format == "raw" for d in destinations if d.sink is not None)
         try:
             with self._point_in_time(volume, job, require_quiesce) as (take_snapshot, live_source):
                 if volume.kind == "ceph":
                     with self.cluster.open_ioctx(volume.pool) as ioctx:
                         return copy_rbd_volume(self.ceph.rbd, ioctx, volume.image, snapshot, sinks, config,
                                                progress=progress, cancel=job.cancel, hash_content=hash_content,
-                                               take_snapshot=take_snapshot)
+                                               take_snapshot=take_snapshot, converters=converters,
+                                               qemu_input=self._rbd_qemu_input(volume, snapshot))
                 if live_source is not None:  # a running VM's disk as it was: closed by the point in time
-                    return run_copy(live_source, sinks, config, progress=progress, cancel=job.cancel,
+                    return transfer(live_source, sinks, converters, config, progress=progress, cancel=job.cancel,
                                     hash_content=hash_content)
                 source = _file_source(volume, config.depth)
                 try:
-                    return run_copy(source, sinks, config, progress=progress, cancel=job.cancel,
+                    return transfer(source, sinks, converters, config, progress=progress, cancel=job.cancel,
                                     hash_content=hash_content)
                 finally:
                     source.close()
@@ -351,6 +357,14 @@ class TemplateService:
                                               ErrorCode(errors.OPERATION_FAILURE, f"{type(e).__name__}: {e}")) from e
             raise
 
+    def _rbd_qemu_input(self, volume: Volume, snapshot: str | None) -> tuple[str, str] | None:
+        """How qemu-img reads the volume's snapshot (None on the fake backend, which qemu cannot read)."""
+        ceph = self.config.ceph
+        if self.ceph is None or self.ceph.is_fake or snapshot is None:
+            return None
+        return "raw", rbd_filename(volume.pool, volume.image, snapshot, conf=ceph.conf, client=ceph.client,
+                                   keyring=ceph.keyring)
+
     def _count(self, result: CopyResult, seconds: float) -> None:
         self.metrics.bytes_read.inc(result.stats.bytes_read)
         self.metrics.bytes_written.inc(result.stats.bytes_written)
@@ -362,8 +376,9 @@ class TemplateService:
                 destinations: list[Destination], result: CopyResult, job: JobContext) -> dict[str, Any]:
         date = zstack_date()
         by_path = {d.install_path: d for d in destinations}
+        order = {d.install_path: i for i, d in enumerate(destinations)}
         refs, kept = [], []
-        for published in result.published:
+        for published in sorted(result.published, key=lambda p: order[p.install_path]):
             dest = by_path[published.install_path]
             md5 = published.md5 or result.md5
             refs.append(backup_storage_ref(image_uuid, dest.bs.uuid, published.install_path, md5, date))
@@ -445,7 +460,7 @@ def _file_source(volume: Volume, depth: int):
 
 
 def _bs_of(destinations: list[Destination], description: str) -> str | None:
-    return next((d.bs.uuid for d in destinations if d.sink.description == description), None)
+    return next((d.bs.uuid for d in destinations if d.description == description), None)
 
 
 def _all_failed(volume_uuid: str, causes: list[str]) -> ZsError:

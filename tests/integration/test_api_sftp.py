@@ -25,7 +25,8 @@ def sftp_api(rbd_env, sshd_server, tmp_path):
     raw = write_config(tmp_path, env.ceph_config, [{"uuid": uuid.uuid4().hex, "type": "ceph", "pools": [env.src_pool]}],
                        [{"uuid": bs, "type": "sftp", "hostname": sshd_server.host, "port": sshd_server.port,
                          "username": sshd_server.user, "private_key": sshd_server.key,
-                         "known_hosts": sshd_server.known_hosts, "path": base, "default": True}])
+                         "known_hosts": sshd_server.known_hosts, "path": base, "default": True}],
+                       spool_dir=str(tmp_path / "spool"))
     with running_agent(raw) as agent:
         agent.env, agent.bs, agent.base, agent.sshd, agent.raw_config = env, bs, base, sshd_server, raw
         yield agent
@@ -59,6 +60,31 @@ def test_template_on_sftp_matches_md5sum_over_ssh(sftp_api, fmt):
     assert remote(api.sshd, "find", api.base, "-name", "*.part").stdout == ""
     assert api.delete(f"/zstack/v1/images/{inv['uuid']}").status_code == 200
     assert remote(api.sshd, "find", f"{api.base}/dataVolumeTemplates", "-type", "f").stdout == ""
+
+
+def test_compressed_template_on_sftp(sftp_api, tmp_path):
+    api, env = sftp_api, sftp_api.env
+    vol = volume(env)
+    answer = api.post_create(vol, systemTags=["template::compression::zstd"])
+    if env.kind == "fake":  # qemu-img cannot read the fake backend's images
+        assert answer.status_code == 503 and "qemu-img cannot read" in answer.text
+    else:
+        assert answer.status_code == 200, answer.text
+        inv = answer.json()["inventory"]
+        path = inv["backupStorageRefs"][0]["installPath"]
+        assert path.endswith(f"/{inv['uuid']}.qcow2") and inv["format"] == "qcow2"
+        assert remote(api.sshd, "md5sum", path).stdout.split()[0] == inv["md5Sum"]
+        check = remote(api.sshd, "qemu-img", "check", path)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert '"compression-type": "zstd"' in remote(api.sshd, "qemu-img", "info", "--output=json", path).stdout
+        exported = tmp_path / "exported.raw"
+        subprocess.run(["rbd", "export", "--no-progress", f"{env.src_pool}/{vol}", str(exported)], check=True,
+                       env=env.cli_env, capture_output=True)
+        compare = remote(api.sshd, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(exported), path)
+        assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert remote(api.sshd, "find", api.base, "-name", "*.part").stdout == ""
+    assert list((tmp_path / "spool").glob("*")) == []
+    assert api.agent.store.artifacts() == []
 
 
 def test_unknown_host_key_is_refused_with_a_clear_error(sftp_api, tmp_path):

@@ -134,6 +134,16 @@ def test_copy_as_a_subprocess_prints_progress_lines_and_json(site):
     assert site.leftovers() == [path]
 
 
+def test_copy_compression_flag_reaches_the_request(site):
+    vol = site.volume()
+    refused = site.run("copy", vol, "--compression", "zstd", "--format", "raw")
+    assert refused.returncode == 2 and "needs the qcow2 format" in refused.stderr
+    # qemu-img cannot read the fake backend's volumes: a clear failure, nothing left
+    failed = site.run("copy", vol, "--compression", "zstd", "--format", "qcow2")
+    assert failed.returncode == 1 and "qemu-img cannot read" in failed.stderr
+    assert site.leftovers() == []
+
+
 def re_line(line: str) -> bool:
     import re
 
