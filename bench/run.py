@@ -48,6 +48,8 @@ T_CEILING_NATIVE = "md5 ceiling (native)"
 T_OURS_RAW = "ours (-> raw file)"
 T_OURS_RAW_NATIVE = "ours (-> raw file) + native md5 [P1]"
 T_OURS_QCOW2 = "ours (-> qcow2 stream, md5 of the file)"
+T_OURS_QEMU_IMG = "ours (qemu-img engine -> qcow2, md5 of the file)"
+T_OURS_ZSTD = "ours (qemu-img engine -> qcow2 zstd)"
 T_QEMU_IMG = "qemu-img convert -O qcow2 + md5sum"
 T_QEMU_IMG_RAW = "qemu-img convert -O raw + md5sum"
 T_NBDCOPY = "nbdcopy (no md5)"
@@ -124,7 +126,7 @@ class Bench:
                 "chunk_bytes": chunk_bytes or self.chunk_bytes, "depth": depth or self.depth}
 
     def file_spec(self, vol: Volume, sink: str, pipeline: str = "current") -> dict:
-        suffix = "qcow2" if sink == "qcow2" else "raw"
+        suffix = "raw" if sink == "raw" else "qcow2"
         return {"kind": "file", "path": vol.path, "format": "qcow2", "sink": sink, "pipeline": pipeline,
                 "dest": str(self.ws.files / f"{self.unique('tpl')}.{suffix}"),
                 "chunk_bytes": self.chunk_bytes, "depth": self.depth}
@@ -154,6 +156,8 @@ class Bench:
                 out[T_OURS_RAW_NATIVE] = lambda: worker(self.file_spec(vol, "raw", "native-md5"), env)
             if self.have_qcow2_sink:
                 out[T_OURS_QCOW2] = lambda: worker(self.file_spec(vol, "qcow2"), env)
+            out[T_OURS_QEMU_IMG] = lambda: worker(self.file_spec(vol, "qemu-img"), env)
+            out[T_OURS_ZSTD] = lambda: worker(self.file_spec(vol, "qemu-img-zstd"), env)
             out[T_QEMU_IMG] = lambda: tools.qemu_img_qcow2_md5(vol.path, str(self.ws.files / "qemu-img-out.qcow2"))
             out[T_QEMU_IMG_RAW] = lambda: tools.qemu_img_raw_md5(vol.path, str(self.ws.files / "qemu-img-out.raw"))
             out[T_NBDCOPY] = lambda: tools.nbdcopy_file(vol.path, "qcow2", str(self.ws.files / "nbdcopy-out.raw"),

@@ -5,7 +5,8 @@
 Spec kinds:
   rbd      {conf, keyring, pool, volume, snapshot, backup_pool, dest, mode: copy|flatten|hash-only,
             chunk_bytes, depth, pipeline}
-  file     {path, format, dest, sink: raw|qcow2, chunk_bytes, depth, pipeline}
+  file     {path, format, dest, sink: raw|qcow2|qemu-img|qemu-img-zstd, chunk_bytes, depth, pipeline}
+           (qemu-img*: the qemu-img engine, qcow2 plain or zstd-compressed, md5 of the file)
   ceiling  {bytes, impl: hashlib|native}          MD5 of ``bytes`` from a buffer in memory, 4 MiB updates
   many     {jobs: [rbd/file specs]}                all jobs at once, one thread each (as the agent would)
 
@@ -139,6 +140,15 @@ def run_file(spec: dict) -> dict:
     start = time.perf_counter()
     source = QemuNbdSource(spec["path"], spec.get("format", "qcow2"), connections=spec["depth"])  # as the service
     try:
+        if spec["sink"].startswith("qemu-img"):  # the qemu-img engine, as the service runs it
+            from zsagent.qemu_img import ConvertOptions
+            from zsagent.sinks.converted import ConvertedFile
+            from zsagent.transfer import transfer
+
+            options = ConvertOptions(compression="zstd" if spec["sink"] == "qemu-img-zstd" else None)
+            result = transfer(source, [], [ConvertedFile(spec["dest"], options, config)], config)
+            seconds = time.perf_counter() - start
+            return finish_file(spec, result_of(result, seconds))
         if spec["sink"] == "raw":
             sink = RawFileSink(spec["dest"])
         else:
@@ -151,7 +161,10 @@ def run_file(spec: dict) -> dict:
     finally:
         source.close()
     seconds = time.perf_counter() - start
-    out = result_of(result, seconds)
+    return finish_file(spec, result_of(result, seconds))
+
+
+def finish_file(spec: dict, out: dict) -> dict:
     Path(spec["dest"]).unlink(missing_ok=True)
     return out
 
