@@ -16,3 +16,8 @@ demo: setup
 
 bench: setup
 	.venv/bin/python bench/run.py $(if $(SWEEP),--sweep) $(BENCH_ARGS)
+
+# SFTP uploads (ours, MD5 included) against OpenSSH's sftp put on a throwaway loopback sshd; ~4 min.
+.PHONY: bench-sftp
+bench-sftp: setup
+	.venv/bin/python bench/sftp.py $(BENCH_ARGS)
