@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 
-_ZEROS = bytes(1024 * 1024)
+from zsagent.copy.md5 import new_md5
 
 
 class OrderedMd5:
@@ -17,7 +16,7 @@ class OrderedMd5:
     """
 
     def __init__(self) -> None:
-        self._md5 = hashlib.md5()
+        self._md5 = new_md5()  # native where it is faster; zero pieces cost no buffer
         self._lock = threading.Lock()
         self._waiting: dict[int, tuple[int, bytes | memoryview | None]] = {}
         self._next = 0
@@ -49,13 +48,10 @@ class OrderedMd5:
             self._update(*piece)
 
     def _update(self, length: int, data: bytes | memoryview | None) -> None:
-        if data is not None:
+        if data is None:
+            self._md5.update_zeros(length)
+        else:
             self._md5.update(data)
-            return
-        while length:
-            n = min(length, len(_ZEROS))
-            self._md5.update(memoryview(_ZEROS)[:n])
-            length -= n
 
     def hexdigest(self, size: int) -> str:
         """The MD5 of ``[0, size)``; ValueError when pieces are missing."""

@@ -13,11 +13,11 @@ as ZStack records it for SFTP backup storage.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from zsagent.copy.extents import Extent
+from zsagent.copy.md5 import new_md5
 from zsagent.sftp.ordered_md5 import OrderedMd5
 from zsagent.sftp.settings import SftpSettings
 from zsagent.sftp.upload import RemoteUpload
@@ -93,7 +93,7 @@ class SftpTarget:
         self._upload = RemoteUpload(settings, path)
         self.path = self._upload.path
         self.description = sftp_url(settings, self.path)
-        self._md5 = hashlib.md5() if hash_md5 or settings.verify_md5 else None
+        self._md5 = new_md5() if hash_md5 or settings.verify_md5 else None
         self._hasher: ThreadPoolExecutor | None = None
         self.bytes_written = 0
 
@@ -103,7 +103,7 @@ class SftpTarget:
         self._upload.open()
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append ``data``. A large piece is hashed on a helper thread while it is sent (hashlib and the
+        """Append ``data``. A large piece is hashed on a helper thread while it is sent (the MD5 and the
         socket both release the GIL), so the MD5 costs little wall time."""
         view = memoryview(data).cast("B")
         if self._md5 is not None and self._hasher is not None and len(view) >= OVERLAP_MIN_BYTES:
