@@ -32,7 +32,7 @@ from zsagent.sftp import (
     SshConnectError,
 )
 from zsagent.sftp.errors import RemoteFailure
-from zsagent.sftp.remote_exec import run_remote
+from zsagent.sftp.remote_exec import StandbyCommands, run_remote
 from zsagent.sinks.sftp import SftpRawSink, SftpTarget
 from zsagent.sources.raw_file import RawFileSource
 
@@ -479,3 +479,35 @@ def test_sftp_only_account_reports_the_logical_size(sshd_server, settings, remot
     target.open()
     target.write(b"abc" * 1000)
     assert target.commit() == (dst, 3000)
+
+
+# ---------------------------------------------------------------- the standby exec
+
+
+def wait_for(condition, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_standby_commands_run_only_when_told(sshd_server, settings, remote_dir):
+    marker = f"{remote_dir}/ran"
+    standby = StandbyCommands(settings, [["touch", "--", marker], ["echo", "done"]])
+    time.sleep(0.5)  # logged in by now, waiting for the go
+    assert not remote_exists(sshd_server, marker)
+    assert standby.run(timeout_s=30) == "done\n"
+    assert remote_exists(sshd_server, marker)
+
+    cancelled = StandbyCommands(settings, [["touch", "--", f"{marker}2"]])
+    time.sleep(0.5)
+    cancelled.cancel()
+    time.sleep(0.2)
+    assert not remote_exists(sshd_server, f"{marker}2")
+
+
+def test_standby_commands_log_in_again_when_their_ssh_is_gone(sshd_server, settings, remote_dir):
+    standby = StandbyCommands(settings, [["echo", "again"]])
+    standby._proc.kill()
+    standby._proc.wait()
+    assert standby.run(timeout_s=30) == "again\n"

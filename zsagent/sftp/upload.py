@@ -1,11 +1,12 @@
 """One remote file written at offsets under ``<path>.part`` over one or more SFTP sessions, then
 made durable and published under ``<path>`` without ever replacing an existing file.
 
-    open()    final name free? -> create missing parent dirs -> OPEN .part (CREAT|EXCL) on session 0,
-              then the other sessions OPEN the same .part for writing
+    open()    session 0 logs in -> [an ssh exec for stat/md5sum logs in and waits] -> final name free?
+              -> create missing parent dirs -> OPEN .part (CREAT|EXCL) on session 0, then the other
+              sessions OPEN the same .part for writing
     write()   pipelined WRITEs at offsets, spread over the sessions; a token bucket caps the rate
     commit()  drain every session -> FSETSTAT size (sparse tail) -> fsync@openssh.com -> CLOSE
-              -> [stat/md5sum over ssh exec] -> final name still free? -> RENAME .part -> final
+              -> [stat/md5sum: the waiting exec runs] -> final name still free? -> RENAME .part -> final
     abort()   kill the sessions -> REMOVE .part -> RMDIR the dirs we created (innermost first);
               over a fresh session when the old one is dead; never raises
 
@@ -35,7 +36,7 @@ from zsagent.sftp.errors import (
     SftpError,
 )
 from zsagent.sftp.paths import ancestors, checked_remote_path, part_path
-from zsagent.sftp.remote_exec import remote_allocated_and_md5
+from zsagent.sftp.remote_exec import StandbyCommands, allocated_and_md5_commands, remote_allocated_and_md5
 from zsagent.sftp.settings import SftpSettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class RemoteUpload:
         self._bucket = bucket_for(settings.bandwidth_bytes_per_s, settings.request_bytes)
         self._lock = threading.Lock()
         self._turn = 0
+        self._standby: StandbyCommands | None = None
 
     # -- open -------------------------------------------------------------------------------------
 
@@ -74,6 +76,9 @@ class RemoteUpload:
             primary = SftpClient(self.settings)
             self._sessions.append(primary)
             primary.start()
+            if self.settings.remote_commands:  # after the first login, which may add the host key
+                self._standby = StandbyCommands(self.settings, allocated_and_md5_commands(
+                    self.part, self.settings.verify_md5))
             if primary.exists(self.path):
                 raise RemoteFileExists(f"{self.path} already exists on {self.target}: templates are never "
                                        "overwritten", self.target)
@@ -208,7 +213,8 @@ class RemoteUpload:
         if not self.settings.remote_commands:
             return logical
         try:
-            allocated, actual_md5 = remote_allocated_and_md5(self.settings, self.part, logical, verify)
+            standby, self._standby = self._standby, None
+            allocated, actual_md5 = remote_allocated_and_md5(self.settings, self.part, logical, verify, standby)
         except SftpError as e:
             if verify:
                 raise
@@ -241,6 +247,9 @@ class RemoteUpload:
         with self._lock:
             sessions, self._sessions = self._sessions, []
             self._handles = []
+            standby, self._standby = self._standby, None
+        if standby is not None:
+            standby.cancel()
         for session in sessions[1:]:
             session.channel.kill()
             session.close()
