@@ -481,7 +481,7 @@ def test_sftp_only_account_reports_the_logical_size(sshd_server, settings, remot
     assert target.commit() == (dst, 3000)
 
 
-# ---------------------------------------------------------------- the standby exec
+# ---------------------------------------------------------------- flush-behind and the standby exec
 
 
 def wait_for(condition, timeout_s: float = 30) -> None:
@@ -489,6 +489,41 @@ def wait_for(condition, timeout_s: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_flush_behind_fsyncs_the_part_while_the_upload_runs(sshd_server, settings, remote_dir):
+    dst = f"{remote_dir}/t.bin"
+    data = os.urandom(6 * MiB)
+    target = SftpTarget(dataclasses.replace(settings, flush_behind_bytes=MiB), dst, hash_md5=True)
+    target.open()
+    target.write(data[:3 * MiB])
+    flush = target._upload._flush
+    wait_for(lambda: flush.flushes >= 1)  # its session connects at the first step
+    target.write(data[3 * MiB:])
+    target.commit()
+    assert remote_md5(sshd_server, dst) == hashlib.md5(data).hexdigest() == target.md5_hex
+    assert not flush._thread.is_alive()
+
+
+def test_abort_stops_flush_behind_and_leaves_no_part(sshd_server, settings, remote_dir):
+    target = SftpTarget(dataclasses.replace(settings, flush_behind_bytes=MiB), f"{remote_dir}/sub/t.bin")
+    target.open()
+    target.write(os.urandom(2 * MiB))
+    flush = target._upload._flush
+    wait_for(lambda: flush.flushes >= 1)
+    ssh_pid = flush._client.channel.pid
+    target.abort()
+    assert not flush._thread.is_alive()
+    assert not os.path.exists(f"/proc/{ssh_pid}")  # killed and reaped
+    assert remote_tree(sshd_server, remote_dir) == []
+
+
+def test_no_flush_behind_below_its_step(sshd_server, settings, remote_dir):
+    target = SftpTarget(settings, f"{remote_dir}/t.bin")  # default step: 64 MiB
+    target.open()
+    target.write(os.urandom(MiB))
+    target.commit()
+    assert target._upload._flush._thread is None  # no second session for a small upload
 
 
 def test_standby_commands_run_only_when_told(sshd_server, settings, remote_dir):

@@ -64,7 +64,7 @@ def test_paths_ssh_would_split_or_expand_are_refused(path):
     {"username": "a@b"}, {"port": 0}, {"port": 65536}, {"private_key": ""}, {"known_hosts": "a\nb"},
     {"connect_timeout_s": 0}, {"idle_timeout_s": -1}, {"keepalive_interval_s": 0},
     {"bandwidth_bytes_per_s": 0}, {"verify_md5": True, "remote_commands": False}, {"connections": 0},
-    {"connections": 17}, {"request_bytes": 262144}, {"requests_in_flight": 0},
+    {"connections": 17}, {"request_bytes": 262144}, {"requests_in_flight": 0}, {"flush_behind_bytes": 4096},
 ])
 def test_bad_settings_are_refused(change):
     with pytest.raises(ValueError):

@@ -41,6 +41,9 @@ class SftpSettings:
     request_bytes: data bytes per SFTP WRITE (OpenSSH refuses more than 261120; 64 KiB to 255 KiB
         measured alike, the largest means the fewest requests).
     requests_in_flight: WRITE requests sent and not yet answered, per connection.
+    flush_behind_bytes: once this many bytes were sent, a separate session asks the server to fsync the
+        .part, and again after every further this many, so that the commit's fsync finds little left to
+        write (zsagent.sftp.flush_behind); None: only the commit's fsync.
     ssh_binary: the OpenSSH client to run.
     """
 
@@ -60,6 +63,7 @@ class SftpSettings:
     connections: int = 1
     request_bytes: int = MAX_WRITE_DATA_BYTES
     requests_in_flight: int = 64
+    flush_behind_bytes: int | None = 64 * 1024 * 1024
     ssh_binary: str = "ssh"
 
     def __post_init__(self) -> None:
@@ -88,6 +92,8 @@ class SftpSettings:
             raise ValueError(f"request_bytes must be between 512 and {MAX_WRITE_DATA_BYTES}")
         if not 1 <= self.requests_in_flight <= 1024:
             raise ValueError("requests_in_flight must be between 1 and 1024")
+        if self.flush_behind_bytes is not None and self.flush_behind_bytes < 1024 * 1024:
+            raise ValueError("flush_behind_bytes must be at least 1 MiB (or None for no flush-behind)")
 
     @property
     def target(self) -> str:

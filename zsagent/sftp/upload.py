@@ -4,7 +4,8 @@ made durable and published under ``<path>`` without ever replacing an existing f
     open()    session 0 logs in -> [an ssh exec for stat/md5sum logs in and waits] -> final name free?
               -> create missing parent dirs -> OPEN .part (CREAT|EXCL) on session 0, then the other
               sessions OPEN the same .part for writing
-    write()   pipelined WRITEs at offsets, spread over the sessions; a token bucket caps the rate
+    write()   pipelined WRITEs at offsets, spread over the sessions; a token bucket caps the rate;
+              every flush_behind_bytes a session of its own fsyncs the .part (zsagent.sftp.flush_behind)
     commit()  drain every session -> FSETSTAT size (sparse tail) -> fsync@openssh.com -> CLOSE
               -> [stat/md5sum: the waiting exec runs] -> final name still free? -> RENAME .part -> final
     abort()   kill the sessions -> REMOVE .part -> RMDIR the dirs we created (innermost first);
@@ -35,6 +36,7 @@ from zsagent.sftp.errors import (
     RemoteUnsupported,
     SftpError,
 )
+from zsagent.sftp.flush_behind import FlushBehind
 from zsagent.sftp.paths import ancestors, checked_remote_path, part_path
 from zsagent.sftp.remote_exec import StandbyCommands, allocated_and_md5_commands, remote_allocated_and_md5
 from zsagent.sftp.settings import SftpSettings
@@ -67,6 +69,7 @@ class RemoteUpload:
         self._lock = threading.Lock()
         self._turn = 0
         self._standby: StandbyCommands | None = None
+        self._flush: FlushBehind | None = None
 
     # -- open -------------------------------------------------------------------------------------
 
@@ -86,6 +89,8 @@ class RemoteUpload:
             self._handles.append(self._create_part(primary))
             if self.settings.connections > 1:
                 self._open_more(self.settings.connections - 1)
+            if self.settings.flush_behind_bytes and primary.offers(p.EXT_FSYNC):
+                self._flush = FlushBehind(self.settings, self.part, self.settings.flush_behind_bytes)
         except BaseException:
             self.abort()
             raise
@@ -173,6 +178,8 @@ class RemoteUpload:
             session.channel.write(handle, offset + start, piece, self.part)
             with self._lock:
                 self.bytes_sent += len(piece)
+                if self._flush is not None:
+                    self._flush.sent(self.bytes_sent)
 
     # -- commit -----------------------------------------------------------------------------------
 
@@ -192,6 +199,8 @@ class RemoteUpload:
     def _commit(self, size: int | None, expected_md5: str | None) -> tuple[str, int]:
         for session in self._sessions:
             session.drain()
+        if self._flush is not None:
+            self._flush.stop()
         primary, handle = self._sessions[0], self._handles[0]
         for session, other in zip(self._sessions[1:], self._handles[1:], strict=True):
             session.close_handle(other, self.part)
@@ -247,7 +256,10 @@ class RemoteUpload:
         with self._lock:
             sessions, self._sessions = self._sessions, []
             self._handles = []
+            flush, self._flush = self._flush, None
             standby, self._standby = self._standby, None
+        if flush is not None:
+            flush.kill()
         if standby is not None:
             standby.cancel()
         for session in sessions[1:]:
