@@ -1,6 +1,6 @@
 """SFTP upload throughput: our uploads (MD5 included) against OpenSSH's ``sftp put`` of the same bytes.
 
-    .venv/bin/python bench/sftp.py [--reps 5] [--size-mib 1024] [--connections 1] [--keep]
+    .venv/bin/python bench/sftp.py [--reps 5] [--size-mib 1024] [--set NAME=VALUE ...] [--keep]
 
 Starts its own sshd (``scripts/sshd up DIR`` in a temp dir, stopped at the end), writes a random source
 file (kept in the page cache) and runs, interleaved and in an order rotated per repetition:
@@ -54,22 +54,23 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def worker(spec: dict) -> dict:
     """Upload ``spec['src']`` to ``spec['dst']`` as raw or qcow2; return seconds and the MD5s."""
     start = time.perf_counter()
-    from zsagent.copy.pipeline import run_copy
+    from zsagent.copy.pipeline import PipelineConfig, run_copy
     from zsagent.sftp.settings import SftpSettings
     from zsagent.sinks.qcow2_stream import Qcow2StreamSink
     from zsagent.sinks.sftp import SftpRawSink, SftpTarget
     from zsagent.sources.raw_file import RawFileSource
 
     settings = SftpSettings(**spec["settings"])
+    config = PipelineConfig(**spec["pipeline"])
     source = RawFileSource(spec["src"])
     try:
         if spec["mode"] == "raw":
             sink = SftpRawSink(settings, spec["dst"])
-            result = run_copy(source, [sink])
+            result = run_copy(source, [sink], config)
             sink_md5 = None
         else:
             sink = Qcow2StreamSink(SftpTarget(settings, spec["dst"]))
-            result = run_copy(source, [sink], hash_content=False)  # as the service does for qcow2 only
+            result = run_copy(source, [sink], config, hash_content=False)  # as the service does for qcow2
             sink_md5 = result.published[0].md5
     finally:
         source.close()
@@ -111,9 +112,15 @@ class Sshd:
             argv += ["-c", cipher]
         return [*argv, f"{self.user}@{self.host}"]
 
-    def settings(self, connections: int) -> dict:
+    def settings(self, overrides: dict) -> dict:
         return {"hostname": self.host, "port": self.port, "username": self.user, "private_key": self.key,
-                "known_hosts": self.known_hosts, "connections": connections}
+                "known_hosts": self.known_hosts, **overrides}
+
+
+def steal_s() -> float:
+    """CPU time the hypervisor gave to others (all cores, /proc/stat): a noise gauge for each run."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / CLK_TCK
 
 
 def md5sum(path: Path) -> str:
@@ -129,26 +136,27 @@ def make_source(path: Path, size: int) -> str:
     return md5sum(path)
 
 
-def one_run(method: str, sshd: Sshd, src: Path, dst: Path, connections: int) -> dict:
+def one_run(method: str, sshd: Sshd, src: Path, dst: Path, ours: dict) -> dict:
     """Run ``method`` once into ``dst``; return seconds, CPU and what the output must hash to."""
     if method in BASELINES:
         cipher = None if method == "sftp" else GCM
         put = "put -f" if method == "sftp-gcm-f" else "put"
         argv, stdin = sshd.sftp_argv(cipher), f"{put} {src} {dst}\n"
     else:
-        spec = {"mode": method, "src": str(src), "dst": str(dst), "settings": sshd.settings(connections)}
+        spec = {"mode": method, "src": str(src), "dst": str(dst), "settings": sshd.settings(ours["settings"]),
+                "pipeline": ours["pipeline"]}
         argv, stdin = [sys.executable, str(Path(__file__).resolve()), "worker", json.dumps(spec)], ""
-    children0, sshd0 = resource.getrusage(resource.RUSAGE_CHILDREN), sshd.cpu_s()
+    children0, sshd0, steal0 = resource.getrusage(resource.RUSAGE_CHILDREN), sshd.cpu_s(), steal_s()
     start = time.perf_counter()
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=1800, check=False)
     seconds = time.perf_counter() - start
     time.sleep(0.2)  # let the listener reap the connection's sshd before its CPU is read
-    children1, sshd1 = resource.getrusage(resource.RUSAGE_CHILDREN), sshd.cpu_s()
+    children1, sshd1, steal1 = resource.getrusage(resource.RUSAGE_CHILDREN), sshd.cpu_s(), steal_s()
     if proc.returncode != 0:
         raise BenchError(f"{method} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
     out = {"method": method, "seconds": seconds,
            "client_cpu_s": (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime),
-           "sshd_cpu_s": sshd1 - sshd0}
+           "sshd_cpu_s": sshd1 - sshd0, "steal_s": steal1 - steal0}
     if method in OURS:
         out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
     return out
@@ -205,7 +213,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--connections", type=int, default=1, help="ssh connections of our uploads")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="an SftpSettings field of our uploads (int or none), e.g. connections=2")
+    parser.add_argument("--chunk-mib", type=int, default=None, help="pipeline chunk (default: PipelineConfig's)")
+    parser.add_argument("--depth", type=int, default=None, help="pipeline depth (default: PipelineConfig's)")
     parser.add_argument("--methods", default=",".join(BASELINES + OURS))
     parser.add_argument("--dir", type=Path, default=None, help="work dir (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (source file included)")
@@ -215,6 +226,14 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}")
     size = args.size_mib * MiB
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name] = None if value.lower() == "none" else int(value)
+    pipeline = {} if args.chunk_mib is None else {"chunk_bytes": args.chunk_mib * MiB}
+    if args.depth is not None:
+        pipeline["depth"] = args.depth
+    ours = {"settings": overrides, "pipeline": pipeline}
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="zsagent-bench-sftp-", dir="/var/tmp"))
     (root / "data").mkdir(parents=True, exist_ok=True)
@@ -223,19 +242,23 @@ def main() -> int:
     sshd = Sshd(root / "sshd")
     runs: list[dict] = []
     try:
-        log(f"writing {args.size_mib} MiB of random data to {src}")
-        src_md5 = make_source(src, size)
+        if src.exists() and src.stat().st_size == size:  # --dir of an earlier run
+            log(f"reusing {src}")
+            src_md5 = md5sum(src)
+        else:
+            log(f"writing {args.size_mib} MiB of random data to {src}")
+            src_md5 = make_source(src, size)
         for rep in range(args.reps):
             order = methods[rep % len(methods):] + methods[:rep % len(methods)]
             for method in order:
                 dst.unlink(missing_ok=True)
                 run(["sync"], timeout_s=600)
-                result = one_run(method, sshd, src, dst, args.connections)
+                result = one_run(method, sshd, src, dst, ours)
                 verify(result, dst, src, src_md5, compare=rep == 0)
                 result["rep"] = rep
                 runs.append(result)
                 log(f"rep {rep} {method}: {result['seconds']:.2f} s, client {result['client_cpu_s']:.2f} CPU-s, "
-                    f"sshd {result['sshd_cpu_s']:.2f} CPU-s")
+                    f"sshd {result['sshd_cpu_s']:.2f} CPU-s, steal {result['steal_s']:.2f} s")
         dst.unlink(missing_ok=True)
     finally:
         sshd.down()
@@ -250,7 +273,7 @@ def main() -> int:
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     report = {"kind": "sftp", "time": stamp, "size_bytes": size, "reps": args.reps,
-              "connections": args.connections, "host": facts, "loadavg_end": os.getloadavg(),
+              "ours": ours, "host": facts, "loadavg_end": os.getloadavg(),
               "summary": summary, "runs": runs}
     path = out_dir / f"sftp-{stamp}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
