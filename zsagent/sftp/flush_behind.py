@@ -26,7 +26,8 @@ class FlushBehind:
     """fsync of ``part`` every ``step_bytes`` sent, from a session of its own connected at the first step.
 
     ``sent(total_bytes)`` is called by the writers after each WRITE (cheap: it only compares); ``stop()``
-    waits for a running fsync, closes the session and never raises; ``kill()`` stops it at once.
+    waits for a running fsync (not for a login still under way), closes the session and never raises;
+    ``kill()`` stops it at once.
     ``flushes``: fsyncs done.
     """
 
@@ -38,6 +39,7 @@ class FlushBehind:
         self._next_bytes = step_bytes
         self._wake = threading.Event()
         self._stopping = False
+        self._ready = False  # logged in, .part open
         self._thread: threading.Thread | None = None
         self._client: SftpClient | None = None
 
@@ -60,6 +62,7 @@ class FlushBehind:
             if not client.offers(p.EXT_FSYNC):
                 return
             handle = client.open(self.part, p.FXF_WRITE)
+            self._ready = True
             while True:
                 self._wake.wait()
                 self._wake.clear()
@@ -80,6 +83,8 @@ class FlushBehind:
         """Let a running fsync finish, then close the session."""
         self._stopping = True
         self._wake.set()
+        if not self._ready:  # a slow second login must not hold up the commit
+            self._kill_session()
         if self._thread is not None:
             self._thread.join()
 
@@ -87,8 +92,11 @@ class FlushBehind:
         """Stop at once (abort): kill the session's ssh, then wait for the thread."""
         self._stopping = True
         self._wake.set()
+        self._kill_session()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _kill_session(self) -> None:
         client = self._client
         if client is not None:
             client.channel.kill()
-        if self._thread is not None:
-            self._thread.join()
