@@ -121,6 +121,7 @@ class BackupStorage:
     verify_md5: bool = False
     remote_commands: bool = True
     connections: int = 1
+    flush_behind_bytes: int = 64 * 1024 * 1024  # 0: the server writes the file to disk only at the commit
 
     def sftp_settings(self, bandwidth_bytes_per_s: int | None = None):
         """The SFTP connection settings of an "sftp" backup storage."""
@@ -133,7 +134,7 @@ class BackupStorage:
                             connect_timeout_s=self.connect_timeout_s, idle_timeout_s=self.idle_timeout_s,
                             keepalive_interval_s=self.keepalive_interval_s, bandwidth_bytes_per_s=limit,
                             verify_md5=self.verify_md5, remote_commands=self.remote_commands,
-                            connections=self.connections)
+                            connections=self.connections, flush_behind_bytes=self.flush_behind_bytes or None)
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,8 @@ def _storage(raw: dict[str, Any], kind: str, index: int, cls, source: str):
         raise ConfigError(f"{source}: {where}.format: Ceph backup storage stores raw images only")
     if kind == "backup_storage" and item.type == "ceph" and item.compression != "none":
         raise ConfigError(f"{source}: {where}.compression: Ceph backup storage stores raw images only")
+    if kind == "backup_storage" and (item.flush_behind_bytes < 0 or 0 < item.flush_behind_bytes < 1024 * 1024):
+        raise ConfigError(f"{source}: {where}.flush_behind_bytes: 0 (off) or at least 1 MiB (1048576)")
     if kind == "backup_storage" and item.compression != "none" and item.format != "qcow2":
         raise ConfigError(f"{source}: {where}.compression: needs format \"qcow2\"")
     return item

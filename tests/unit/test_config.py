@@ -42,6 +42,7 @@ BAD = [
     (BS + 'type = "ceph"\npool = "p"\ncompression = "zstd"\n', "Ceph backup storage stores raw images only"),
     (BS + 'type = "filesystem"\npath = "/x"\ncompression = "lz4"\n', "backup_storage[0].compression: 'lz4'"),
     (BS + 'type = "filesystem"\npath = "/x"\nengine = "dd"\n', "backup_storage[0].engine: 'dd'"),
+    (BS + 'type = "filesystem"\npath = "/x"\nflush_behind_bytes = 4096\n', "flush_behind_bytes: 0 (off) or at least"),
     ('[[backup_storage]]\nuuid = "ABC"\ntype = "ceph"\npool = "p"\n', "backup_storage[0].uuid: 'ABC' is not"),
     ('[[backup_storage]]\ntype = "ceph"\n', "backup_storage[0].uuid: required"),
     (BS + 'type = "sftp"\nhostname = "h"\npath = "/p"\n', "backup_storage[0].private_key: required"),
