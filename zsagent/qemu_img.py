@@ -119,16 +119,11 @@ def convert(qemu_input: QemuInput, output: str | os.PathLike[str], options: Conv
                threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)]
     for reader in readers:
         reader.start()
+    cancel = cancel or threading.Event()
     try:
         while process.poll() is None:
-            if cancel is not None and cancel.wait(_POLL_S):
-                _stop(process)
+            if cancel.wait(_POLL_S):
                 raise CopyCancelled("qemu-img convert was cancelled")
-            elif cancel is None:
-                try:
-                    process.wait(_POLL_S)
-                except subprocess.TimeoutExpired:
-                    pass
     except BaseException:
         _stop(process)
         raise
