@@ -7,7 +7,7 @@
 Starts its own Ceph cluster (one mon, one bluestore OSD on a sparse file) in a temp dir and always stops
 it. Every measured run of ours is a fresh process (bench/worker.py), so peak RSS is per copy. Runs are
 interleaved: each repetition runs every tool once, in an order rotated per repetition, and ratios are
-taken between runs of the same repetition (this machine is shared; see /work/shared/design.md).
+taken between runs of the same repetition (the machine may be busy with other work).
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from setup_env import (  # noqa: E402
 WORKER = str(Path(__file__).resolve().parent / "worker.py")
 
 T_OURS = "ours (copy)"
-T_OURS_NATIVE = "ours (copy) + native md5 [P1]"
-T_OURS_PROPOSED = "ours (copy) + native md5 + hash-on-read [P1+P2]"
 T_FLATTEN = "ours (flatten mode)"
 T_HASH_ONLY = "ours (hash only, no sink: diagnostic)"
 T_ZSTACK = "zstack: deep cp + export|md5sum"
@@ -46,7 +44,6 @@ T_NBD_READ = "nbdcopy read -> null: (no md5, no write)"
 T_CEILING = "md5 ceiling (hashlib)"
 T_CEILING_NATIVE = "md5 ceiling (native)"
 T_OURS_RAW = "ours (-> raw file)"
-T_OURS_RAW_NATIVE = "ours (-> raw file) + native md5 [P1]"
 T_OURS_QCOW2 = "ours (-> qcow2 stream, md5 of the file)"
 T_OURS_QEMU_IMG = "ours (qemu-img engine -> qcow2, md5 of the file)"
 T_OURS_ZSTD = "ours (qemu-img engine -> qcow2 zstd)"
@@ -118,16 +115,15 @@ class Bench:
 
     # -- cases --------------------------------------------------------------------------------------------
 
-    def rbd_spec(self, vol: Volume, mode: str, pipeline: str = "current", chunk_bytes: int | None = None,
-                 depth: int | None = None) -> dict:
+    def rbd_spec(self, vol: Volume, mode: str, chunk_bytes: int | None = None, depth: int | None = None) -> dict:
         return {"kind": "rbd", "conf": self.cluster.conf, "keyring": self.cluster.keyring, "pool": SOURCE_POOL,
                 "volume": vol.name, "snapshot": self.unique("zs-snap"), "backup_pool": BACKUP_POOL,
-                "dest": self.unique(f"tpl-{vol.name}"), "mode": mode, "pipeline": pipeline,
+                "dest": self.unique(f"tpl-{vol.name}"), "mode": mode,
                 "chunk_bytes": chunk_bytes or self.chunk_bytes, "depth": depth or self.depth}
 
-    def file_spec(self, vol: Volume, sink: str, pipeline: str = "current") -> dict:
+    def file_spec(self, vol: Volume, sink: str) -> dict:
         suffix = "raw" if sink == "raw" else "qcow2"
-        return {"kind": "file", "path": vol.path, "format": "qcow2", "sink": sink, "pipeline": pipeline,
+        return {"kind": "file", "path": vol.path, "format": "qcow2", "sink": sink,
                 "dest": str(self.ws.files / f"{self.unique('tpl')}.{suffix}"),
                 "chunk_bytes": self.chunk_bytes, "depth": self.depth}
 
@@ -139,10 +135,6 @@ class Bench:
         out: dict[str, callable] = {}
         if vol.kind == "rbd":
             out[T_OURS] = lambda: worker(self.rbd_spec(vol, "copy"), env)
-            if self.native:
-                out[T_OURS_NATIVE] = lambda: worker(self.rbd_spec(vol, "copy", "native-md5"), env)
-                if self.args.all_variants:
-                    out[T_OURS_PROPOSED] = lambda: worker(self.rbd_spec(vol, "copy", "proposed"), env)
             out[T_ZSTACK] = lambda: tools.zstack_rbd(env, spec_src, self.unique("zs-snap"),
                                                      f"{BACKUP_POOL}/{self.unique('zs-dst')}")
             out[T_SHELL] = lambda: tools.shell_rbd(env, spec_src, self.unique("zs-snap"),
@@ -152,8 +144,6 @@ class Bench:
                                                                  self.unique("zs-snap"))
         else:
             out[T_OURS_RAW] = lambda: worker(self.file_spec(vol, "raw"), env)
-            if self.native:
-                out[T_OURS_RAW_NATIVE] = lambda: worker(self.file_spec(vol, "raw", "native-md5"), env)
             if self.have_qcow2_sink:
                 out[T_OURS_QCOW2] = lambda: worker(self.file_spec(vol, "qcow2"), env)
             out[T_OURS_QEMU_IMG] = lambda: worker(self.file_spec(vol, "qemu-img"), env)
@@ -259,7 +249,7 @@ class Bench:
         for sweep_pass in range(self.args.sweep_passes):
             order = grid if sweep_pass % 2 == 0 else list(reversed(grid))
             for chunk, depth in order:
-                spec = self.rbd_spec(vol, "copy", self.args.sweep_pipeline, chunk_bytes=chunk, depth=depth)
+                spec = self.rbd_spec(vol, "copy", chunk_bytes=chunk, depth=depth)
                 result = worker(spec, self.env)
                 runs.setdefault((chunk, depth), []).append(result)
                 log(f"  sweep chunk {chunk // 1024:6d} KiB depth {depth:3d}: {result['seconds']:6.2f} s "
@@ -303,10 +293,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=0, help="pipeline depth (default: PipelineConfig's)")
     p.add_argument("--volumes", default="dense,half,sparse10,chain", help="comma-separated subset")
     p.add_argument("--no-concurrent", dest="concurrent", action="store_false", help="skip the 4-copy run")
-    p.add_argument("--no-native", action="store_true", help="skip the proposed native-md5 variants")
+    p.add_argument("--no-native", action="store_true", help="skip the native MD5 ceiling")
     p.add_argument("--all-variants", action="store_true",
-                   help="also run P1+P2 (bench/proposed/), and flatten, hash-only and the native ceiling on "
-                        "every volume, not only dense")
+                   help="also run flatten, hash-only and the native ceiling on every volume, not only dense")
     p.add_argument("--nbdcopy-rbd", action="store_true",
                    help="also time nbdcopy reading the RBD snapshots through qemu-nbd's rbd driver (slow)")
     p.add_argument("--sweep", action="store_true", help="only sweep chunk size x depth on the dense volume")
@@ -315,8 +304,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sweep-max-inflight-mib", type=int, default=128,
                    help="skip settings with chunk x depth above this (memory)")
     p.add_argument("--sweep-passes", type=int, default=2)
-    p.add_argument("--sweep-pipeline", default="current", choices=["current", "native-md5", "proposed"],
-                   help="the copy loop the sweep runs (see bench/worker.py)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (cluster stopped)")
     p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     return p.parse_args(argv)

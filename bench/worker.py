@@ -4,8 +4,8 @@
 
 Spec kinds:
   rbd      {conf, keyring, pool, volume, snapshot, backup_pool, dest, mode: copy|flatten|hash-only,
-            chunk_bytes, depth, pipeline}
-  file     {path, format, dest, sink: raw|qcow2|qemu-img|qemu-img-zstd, chunk_bytes, depth, pipeline}
+            chunk_bytes, depth}
+  file     {path, format, dest, sink: raw|qcow2|qemu-img|qemu-img-zstd, chunk_bytes, depth}
            (qemu-img*: the qemu-img engine, qcow2 plain or zstd-compressed, md5 of the file)
   ceiling  {bytes, impl: hashlib|native}          MD5 of ``bytes`` from a buffer in memory, 4 MiB updates
   many     {jobs: [rbd/file specs]}                all jobs at once, one thread each (as the agent would)
@@ -15,19 +15,11 @@ published (for RBD: the snapshot is removed again). Removing the template afterw
 Output: seconds, md5, size, stats (bytes_read, ...), sink_md5 (qcow2 file md5), hwm_kib (peak RSS),
 cpu_s (user+sys of this process).
 
-``pipeline`` picks the copy loop:
-  current          zsagent/copy/pipeline.py as it is (hashlib MD5)
-  native-md5       P1: the same with zsagent.copy.md5.new_md5() as the hasher and update_zeros() for zero
-                   ranges, patched in at run time (bench/proposed/p1-native-md5.diff)
-  proposed         P1+P2: bench/proposed/pipeline.py, a private copy of the module loaded in its place: P1,
-                   and the hasher fed as soon as a chunk is read, while it is written (p2-hash-on-read.diff)
-  proposed-hashlib P2 alone: the same with ZSAGENT_MD5=hashlib
 File copies to a qcow2 stream pass hash_content=False, as the service does when no destination is raw.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -37,50 +29,6 @@ import time
 from pathlib import Path
 
 MiB = 1024 * 1024
-
-
-PROPOSED_PIPELINE = Path(__file__).resolve().parent / "proposed" / "pipeline.py"
-
-
-def load_pipeline(variant: str) -> None:
-    """Make ``zsagent.copy.pipeline`` the variant's copy loop; call before anything imports it."""
-    if variant == "native-md5":
-        patch_pipeline_native_md5()
-    elif variant in ("proposed", "proposed-hashlib"):
-        if variant == "proposed-hashlib":
-            os.environ["ZSAGENT_MD5"] = "hashlib"
-        import importlib.util
-
-        base = Path(__file__).resolve().parent.parent / "zsagent" / "copy" / "pipeline.py"
-        recorded = (PROPOSED_PIPELINE.parent / "BASE_MD5").read_text().strip()
-        if hashlib.md5(base.read_bytes()).hexdigest() != recorded:
-            print("worker: zsagent/copy/pipeline.py changed since bench/proposed/ was made; run "
-                  "bench/proposed/make_proposed.py", file=sys.stderr)
-        spec = importlib.util.spec_from_file_location("zsagent.copy.pipeline", PROPOSED_PIPELINE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["zsagent.copy.pipeline"] = module
-        spec.loader.exec_module(module)
-    elif variant != "current":
-        raise ValueError(f"unknown pipeline variant {variant!r}")
-
-
-def patch_pipeline_native_md5() -> None:
-    """The proposed pipeline change, applied in memory: zsagent.copy.md5.new_md5() as the hasher, and holes
-    hashed with update_zeros() instead of from the shared zero buffer."""
-    from zsagent.copy import pipeline
-    from zsagent.copy.md5 import new_md5
-
-    original_init = pipeline._Copy.__init__
-
-    def __init__(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.md5 = new_md5()
-
-    def _hash_zeros(self, length: int) -> None:
-        self.md5.update_zeros(length)
-
-    pipeline._Copy.__init__ = __init__
-    pipeline._Copy._hash_zeros = _hash_zeros
 
 
 def peak_rss_kib() -> int:
@@ -219,10 +167,6 @@ RUNNERS = {"rbd": run_rbd, "file": run_file, "ceiling": run_ceiling, "many": run
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    variants = {spec.get("pipeline", "current")} | {j.get("pipeline", "current") for j in spec.get("jobs", [])}
-    if len(variants) > 1:
-        raise ValueError("all jobs of one process use the same pipeline variant")
-    load_pipeline(variants.pop())
     out = RUNNERS[spec["kind"]](spec)
     out["hwm_kib"] = peak_rss_kib()
     out["cpu_s"] = cpu_seconds()
