@@ -126,20 +126,6 @@ MIN_ORDER = 12
 MAX_ORDER = 25
 _UINT64_MAX = (1 << 64) - 1
 
-_FEATURE_NAMES = {
-    RBD_FEATURE_LAYERING: "layering",
-    RBD_FEATURE_STRIPINGV2: "striping",
-    RBD_FEATURE_EXCLUSIVE_LOCK: "exclusive-lock",
-    RBD_FEATURE_OBJECT_MAP: "object-map",
-    RBD_FEATURE_FAST_DIFF: "fast-diff",
-    RBD_FEATURE_DEEP_FLATTEN: "deep-flatten",
-    RBD_FEATURE_JOURNALING: "journaling",
-    RBD_FEATURE_DATA_POOL: "data-pool",
-    256: "operations",
-    512: "migrating",
-    1024: "non-primary",
-}
-
 
 # ---------------------------------------------------------------- argument helpers
 
@@ -198,7 +184,6 @@ def _new_meta(image_id: str, name: str, size: int, order: int, features: int, fm
         "size": size,
         "order": order,
         "features": features,
-        "create_timestamp": time.time(),
         "snap_seq": 0,
         "snaps": [],
         "objmap": {},
@@ -245,18 +230,6 @@ class RBD:
 
     def version(self) -> tuple[int, int, int]:
         return (1, 16, 0)
-
-    def features_to_string(self, features: int) -> str:
-        return ",".join(sorted(name for bit, name in _FEATURE_NAMES.items() if features & bit))
-
-    def features_from_string(self, str_features: str) -> int:
-        by_name = {name: bit for bit, name in _FEATURE_NAMES.items()}
-        out = 0
-        for name in filter(None, (s.strip() for s in str_features.split(","))):
-            if name not in by_name:
-                raise InvalidArgument(f"error getting features from string {str_features!r}", errno=22)
-            out |= by_name[name]
-        return out
 
     def pool_init(self, ioctx, force: bool = False) -> None:
         _ioctx(ioctx).require_ioctx_open()
@@ -350,14 +323,6 @@ class RBD:
         with store.lock(exclusive=False):
             pool = store.pool(io.pool_id)
             return sorted(pool["images"]) if pool else []
-
-    def list2(self, ioctx) -> list[dict]:
-        io = _ioctx(ioctx)
-        store = io.store
-        with store.lock(exclusive=False):
-            pool = store.pool(io.pool_id)
-            images = pool["images"] if pool else {}
-            return [{"id": images[name], "name": name} for name in sorted(images)]
 
     def remove(self, ioctx, name, on_progress=None) -> None:
         """Delete an image: ImageNotFound, ImageHasSnapshots (checked first), ImageBusy (rw-open)."""
@@ -571,17 +536,6 @@ class Image:
         with self._store.lock(exclusive=False):
             return self._meta()["format"] == 1
 
-    def flags(self) -> int:
-        self.require_not_closed()
-        return 0
-
-    def create_timestamp(self):
-        import datetime
-
-        self.require_not_closed()
-        with self._store.lock(exclusive=False):
-            return datetime.datetime.utcfromtimestamp(self._meta()["create_timestamp"])
-
     def overlap(self) -> int:
         self.require_not_closed()
         with self._store.lock(exclusive=False):
@@ -662,9 +616,6 @@ class Image:
     def flush(self) -> None:
         self.require_not_closed()
 
-    def invalidate_cache(self) -> None:
-        self.require_not_closed()
-
     def resize(self, size, allow_shrink=True) -> None:
         self.require_not_closed()
         size = _u64(size, "size")
@@ -730,9 +681,6 @@ class Image:
             return
         _unregister_child(self._store, self._pool_id, {"id": meta["id"], "parent": link, "snaps": []})
 
-    def remove_snap2(self, name, flags) -> None:
-        self.remove_snap(name)
-
     def list_snaps(self) -> Iterator[dict]:
         """Iterator of ``{"id", "size", "name", "namespace"}``, oldest first."""
         self.require_not_closed()
@@ -740,34 +688,6 @@ class Image:
             snaps = self._meta()["snaps"]
             out = [{"id": s["id"], "size": s["size"], "name": s["name"], "namespace": 0} for s in snaps]
         return iter(out)
-
-    def snap_exists(self, name) -> bool:
-        self.require_not_closed()
-        name = _cstr(name, "name")
-        with self._store.lock(exclusive=False):
-            return self._find_snap(self._meta(), name) is not None
-
-    def snap_get_id(self, snap_name) -> int:
-        self.require_not_closed()
-        name = _cstr(snap_name, "snap_name")
-        with self._store.lock(exclusive=False):
-            snap = self._find_snap(self._meta(), name)
-        if snap is None:
-            raise ImageNotFound(f"error getting snapshot ID for {_b(name)}", errno=2)
-        return snap["id"]
-
-    def set_snap(self, name) -> None:
-        """Switch the handle to snapshot ``name`` (None: back to the head)."""
-        self.require_not_closed()
-        name = _cstr(name, "name", opt=True)
-        if name is None:
-            self._snap_id = self._snap_name = None
-            return
-        with self._store.lock(exclusive=False):
-            snap = self._find_snap(self._meta(), name)
-        if snap is None:
-            raise ImageNotFound(f"error setting image {_b(self.name)} to snapshot {_b(name)}", errno=2)
-        self._snap_id, self._snap_name = snap["id"], name
 
     def protect_snap(self, name) -> None:
         self._set_protection(name, True)
