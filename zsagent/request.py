@@ -1,9 +1,10 @@
 """The CreateDataVolumeTemplateFromVolume request, checked by ZStack's rules.
 
-Strings are trimmed; ``name`` is required (empty allowed) and at most 255 characters; ``description``
-at most 2048; uuids are 32 lowercase hex digits; ``resourceUuid`` must also match ZStack's uuid
-pattern; ``backupStorageUuids`` omitted means "choose", ``[]`` or null elements are invalid;
-``systemTags`` must match one of SYSTEM_TAGS; ``userTags`` and ``tagUuids`` are kept as given.
+Strings are trimmed; ``name`` is required (empty allowed) and at most NAME_MAX_CHARS characters;
+``description`` at most DESCRIPTION_MAX_CHARS; uuids match UUID_PATTERN (32 lowercase hex digits);
+``resourceUuid`` must also match ZStack's uuid pattern; ``backupStorageUuids`` omitted means
+"choose", ``[]`` or null elements are invalid; ``systemTags`` must match one of SYSTEM_TAGS;
+``userTags`` and ``tagUuids`` are kept as given.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from typing import Any
 
 from zsagent.errors import invalid
 
-UUID_RE = re.compile(r"^[0-9a-f]{32}$")
+#: Limits on the trimmed strings, in characters; the OpenAPI schema (zsagent.api.app) is built from them too.
+NAME_MAX_CHARS = 255
+DESCRIPTION_MAX_CHARS = 2048
+#: A uuid as ZStack writes it: 32 lowercase hex digits, no dashes.
+UUID_PATTERN = r"^[0-9a-f]{32}$"
+UUID_RE = re.compile(UUID_PATTERN)
 RESOURCE_UUID_RE = re.compile(r"^[0-9a-f]{8}[0-9a-f]{4}[1-5][0-9a-f]{3}[89ab][0-9a-f]{3}[0-9a-f]{12}$")
 
 # The system tags this agent understands: pattern -> what it does.
@@ -76,8 +82,8 @@ def parse_body(raw: bytes | str | dict, path_volume_uuid: str | None = None) -> 
     if not isinstance(params, dict):
         raise invalid("field 'params' is required and must be an object")
 
-    name = _string(params, "name", required=True, max_length=255)
-    description = _string(params, "description", max_length=2048)
+    name = _string(params, "name", required=True, max_length=NAME_MAX_CHARS)
+    description = _string(params, "description", max_length=DESCRIPTION_MAX_CHARS)
     volume_uuid = path_volume_uuid if path_volume_uuid is not None else _string(params, "volumeUuid",
                                                                                  required=True)
     volume_uuid = _uuid(volume_uuid.strip(), "volumeUuid")

@@ -16,7 +16,7 @@ from zsagent.api.query import parse_conditions
 from zsagent.auth import session_from_header
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.jobs import JobManager
-from zsagent.request import parse_body
+from zsagent.request import DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS, UUID_PATTERN, parse_body
 from zsagent.service import JobContext, TemplateService
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,9 @@ _CREATE_BODY_SCHEMA = {
             "type": "object",
             "required": ["name"],
             "properties": {
-                "name": {"type": "string", "maxLength": 255},
-                "description": {"type": "string", "maxLength": 2048},
-                "volumeUuid": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                "name": {"type": "string", "maxLength": NAME_MAX_CHARS},
+                "description": {"type": "string", "maxLength": DESCRIPTION_MAX_CHARS},
+                "volumeUuid": {"type": "string", "pattern": UUID_PATTERN},
                 "backupStorageUuids": {"type": "array", "minItems": 1, "items": {"type": "string"}},
                 "resourceUuid": {"type": "string"},
                 "tagUuids": {"type": "array", "items": {"type": "string"}},
