@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from zsagent import errors
 from zsagent.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from zsagent.errors import ZsError
 
@@ -157,7 +158,7 @@ def copy(volume_uuid: str, backup_storages: tuple[str, ...], name: str | None, d
     service.close()
     if "error" in outcome:
         error = outcome["error"]
-        if isinstance(error, ZsError) and error.error.code == "SYS.1017":
+        if isinstance(error, ZsError) and error.error.code == errors.CANCELLED:
             click.echo(f"zsagent: {error.error.details}", err=True)
             sys.exit(EXIT_CANCELLED)
         fail(error, "copy")
