@@ -51,7 +51,7 @@ def transfer(source: Source, sinks: Sequence[Sink], converters: Sequence[Convert
             except Exception as e:  # noqa: BLE001 - this template fails alone
                 log.warning("%s failed: %s", converter.description, e)
                 converter.abort()
-                failed.append(_sink_error(converter.description, e))
+                failed.append(_sink_error(converter, e))
         result = CopyResult(size, None, [])
         if sinks:
             try:
@@ -61,25 +61,30 @@ def transfer(source: Source, sinks: Sequence[Sink], converters: Sequence[Convert
                 if not ready:
                     raise AllSinksFailed(failed + e.errors) from e
                 failed += e.errors
+        if cancel.is_set():  # a cancel that came after the last pass still publishes nothing
+            raise CopyCancelled()
     except BaseException:
         for converter in ready:
             converter.abort()
         raise
     for converter in ready:
         try:
-            result.published.append(converter.commit())
+            result.add(converter, converter.commit())
         except Exception as e:  # noqa: BLE001
             converter.abort()
-            failed.append(_sink_error(converter.description, e))
+            failed.append(_sink_error(converter, e))
     result.failed += failed
     if not result.published:
         raise AllSinksFailed(result.failed)
     return result
 
 
-def _sink_error(description: str, error: Exception) -> SinkError:
+def _sink_error(converter: Converter, error: Exception) -> SinkError:
+    """The converter's failure as a SinkError that names it (an upload's SinkError names the upload's sink,
+    which the caller does not know: it is re-issued for the converter)."""
+    message = str(error) or type(error).__name__
     if isinstance(error, SinkError):
-        return error
-    failure = SinkError(description, str(error) or type(error).__name__)
+        message = message.removeprefix(f"{error.description}: ")
+    failure = SinkError(converter.description, message, converter)
     failure.__cause__ = error
     return failure

@@ -21,11 +21,14 @@ class SourceError(CopyError):
 class SinkError(CopyError):
     """Writing to, committing or creating one destination failed.
 
-    ``sink`` is the destination's description (its install path); ``__cause__`` the storage error.
+    ``description`` names the destination in messages; ``sink`` is the destination object itself (a Sink
+    or a Converter; None when unknown), which is how callers tell destinations apart; ``__cause__`` the
+    storage error.
     """
 
-    def __init__(self, sink: str, message: str) -> None:
-        super().__init__(f"{sink}: {message}")
+    def __init__(self, description: str, message: str, sink: object | None = None) -> None:
+        super().__init__(f"{description}: {message}")
+        self.description = description
         self.sink = sink
 
 

@@ -64,13 +64,23 @@ class CopyResult:
     """size: virtual bytes; md5: hex digest of the full virtual content (what a raw reader gets), None
     when the copy was asked not to hash it;
     published: one result per sink that committed, in the order the sinks were given;
-    failed: the sinks that failed while others succeeded."""
+    published_by: the sink (or converter) each of ``published`` came from, same order;
+    failed: the sinks that failed while others succeeded (each SinkError carries its ``sink``)."""
 
     size: int
     md5: str | None
     published: list[SinkResult]
     failed: list[SinkError] = field(default_factory=list)
     stats: CopyStats = field(default_factory=CopyStats)
+    published_by: list[object] = field(default_factory=list)
+
+    def add(self, sink: object, result: SinkResult) -> None:
+        self.published.append(result)
+        self.published_by.append(sink)
+
+    def result_of(self, sink: object) -> SinkResult | None:
+        """What ``sink`` published, or None when it did not (identity, never a name)."""
+        return next((r for s, r in zip(self.published_by, self.published, strict=True) if s is sink), None)
 
 
 def plan(source: Source) -> list[Extent]:
@@ -128,7 +138,7 @@ class _Copy:
             if sink not in self.live:
                 return
             self.live.remove(sink)
-            err = SinkError(sink.description, f"{action} failed: {error}")
+            err = SinkError(sink.description, f"{action} failed: {error}", sink)
             err.__cause__ = error
             self.failed[id(sink)] = err
             none_left = not self.live
@@ -140,16 +150,22 @@ class _Copy:
         if self.cancel.is_set():
             raise CopyCancelled()
 
-    def _to_sinks(self, sequential: bool, offset: int, data: bytes | None, length: int) -> None:
-        """Write ``data`` (or zeros, when None) to the live sinks of one kind."""
+    def _write_all(self, offset: int, data: bytes, *, sequential: bool) -> None:
+        """Write ``data`` to the live sinks that are (or are not) sequential."""
         for sink in [s for s in self.live if s.sequential is sequential]:
             try:
-                if data is None:
-                    sink.zero(offset, length)
-                else:
-                    sink.write(offset, data)
+                sink.write(offset, data)
             except Exception as e:  # noqa: BLE001 - any storage error takes this sink out
-                self.drop_sink(sink, e, "write" if data is not None else "zero")
+                self.drop_sink(sink, e, "write")
+
+    def _zero_all(self, offset: int, length: int) -> None:
+        """Tell the sequential sinks that ``[offset, offset+length)`` reads as zeros (random-access sinks
+        start out as zeros and are not told)."""
+        for sink in [s for s in self.live if s.sequential]:
+            try:
+                sink.zero(offset, length)
+            except Exception as e:  # noqa: BLE001 - any storage error takes this sink out
+                self.drop_sink(sink, e, "zero")
 
     # -- read workers -----------------------------------------------------------------------------
 
@@ -164,9 +180,10 @@ class _Copy:
         if len(data) != piece.length:
             raise SourceError(f"short read at offset {piece.offset}: {len(data)} of {piece.length} bytes")
         # bytes == bytes is a memcmp; comparing with a memoryview would go byte by byte under the GIL
-        is_zero = data == (self.zero_chunk if piece.length == len(self.zero_chunk) else bytes(piece.length))
-        self._to_sinks(False, piece.offset, None if is_zero else data, piece.length)
-        return None if is_zero else data
+        if data == (self.zero_chunk if piece.length == len(self.zero_chunk) else bytes(piece.length)):
+            return None
+        self._write_all(piece.offset, data, sequential=False)
+        return data
 
     # -- hasher thread ----------------------------------------------------------------------------
 
@@ -182,22 +199,16 @@ class _Copy:
             try:
                 self.check_cancel()
                 data = future.result() if future is not None else None
-                if not self.hash_content:
-                    pass
-                elif data is None:
-                    self.md5.update_zeros(piece.length)
+                if self.hash_content:
+                    if data is None:
+                        self.md5.update_zeros(piece.length)
+                    else:
+                        self.md5.update(data)
+                self._count(piece, read=future is not None, zero=data is None)
+                if data is None:
+                    self._zero_all(piece.offset, piece.length)
                 else:
-                    self.md5.update(data)
-                with self.lock:
-                    if future is not None:
-                        self.stats.bytes_read += piece.length
-                        if data is None:
-                            self.stats.zero_bytes_skipped += piece.length
-                        else:
-                            self.stats.bytes_written += piece.length
-                self._to_sinks(True, piece.offset, data, piece.length)
-                if future is None:
-                    self._to_sinks(False, piece.offset, None, piece.length)
+                    self._write_all(piece.offset, data, sequential=True)
                 done += piece.length
                 if self.progress is not None:
                     self.progress(done, total)
@@ -206,6 +217,16 @@ class _Copy:
             finally:
                 if future is not None:
                     self.slots.release()
+
+    def _count(self, piece: Extent, *, read: bool, zero: bool) -> None:
+        if not read:
+            return
+        with self.lock:
+            self.stats.bytes_read += piece.length
+            if zero:
+                self.stats.zero_bytes_skipped += piece.length
+            else:
+                self.stats.bytes_written += piece.length
 
     # -- caller thread ----------------------------------------------------------------------------
 
@@ -261,29 +282,32 @@ class _Copy:
 
     def _abort_all(self) -> None:
         for sink in self.sinks:
-            try:
-                sink.abort()
-            except Exception:  # noqa: BLE001 - abort must not hide the original error
-                log.exception("abort of %s failed", sink.description)
+            _abort(sink)
 
     def _commit_all(self) -> CopyResult:
-        published: list[SinkResult] = []
+        content_md5 = self.md5.hexdigest() if self.hash_content else None
+        result = CopyResult(self.source.size, content_md5, [], stats=self.stats)
         for sink in self.sinks:
             if sink not in self.live:
-                try:
-                    sink.abort()
-                except Exception:  # noqa: BLE001
-                    log.exception("abort of %s failed", sink.description)
+                _abort(sink)
                 continue
             try:
-                published.append(sink.commit())
+                result.add(sink, sink.commit(content_md5))
             except Exception as e:  # noqa: BLE001
                 self.drop_sink(sink, e, "commit")
-                sink.abort()
-        if self.sinks and not published:
-            raise AllSinksFailed(list(self.failed.values()))
-        return CopyResult(self.source.size, self.md5.hexdigest() if self.hash_content else None, published,
-                          list(self.failed.values()), self.stats)
+                _abort(sink)
+        result.failed = list(self.failed.values())
+        if self.sinks and not result.published:
+            raise AllSinksFailed(result.failed)
+        return result
+
+
+def _abort(sink: Sink) -> None:
+    """``sink.abort()``, which must not raise; if it does, the original error still wins."""
+    try:
+        sink.abort()
+    except Exception:  # noqa: BLE001 - abort must not hide the original error
+        log.exception("abort of %s failed", sink.description)
 
 
 def run_copy(source: Source, sinks: Sequence[Sink], config: PipelineConfig | None = None, *,

@@ -9,7 +9,6 @@ small SFTP v3 client frames the packets over its pipes.
     upload.py       RemoteUpload: <path>.part over N sessions, durable no-clobber publish, cleanup
     remote_exec.py  md5sum / stat on the server over ssh exec (shell-quoted)
     bandwidth.py    TokenBucket, the upload rate cap
-    ordered_md5.py  MD5 of pieces arriving out of order
     paths.py        remote path checks
     errors.py       the exceptions, each naming the server
 

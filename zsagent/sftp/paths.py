@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 
-PART_SUFFIX = ".part"
+from zsagent.sinks.base import PART_SUFFIX
 
 
 def checked_remote_path(path: str) -> str:

@@ -8,8 +8,12 @@ made durable and published under ``<path>`` without ever replacing an existing f
               every flush_behind_bytes a session of its own fsyncs the .part (zsagent.sftp.flush_behind)
     commit()  drain every session -> FSETSTAT size (sparse tail) -> fsync@openssh.com -> CLOSE
               -> [stat/md5sum: the waiting exec runs] -> final name still free? -> RENAME .part -> final
-    abort()   kill the sessions -> REMOVE .part -> RMDIR the dirs we created (innermost first);
-              over a fresh session when the old one is dead; never raises
+    abort()   kill the sessions -> REMOVE .part (and the final name when a failed commit had published
+              it) -> RMDIR the dirs we created (innermost first); over a fresh session when the old one
+              is dead; never raises
+
+Each name (``.part``, then the final one right before the RENAME) is journalled before it exists and
+forgotten once it is removed or renamed (``journal``, kind "sftp", spec ``journal_spec`` + ``path``).
 
 Publishing uses plain SSH_FXP_RENAME, which the SFTP draft defines as failing when the new name
 exists and which OpenSSH implements race-free for regular files (link() then unlink()).
@@ -40,11 +44,13 @@ from zsagent.sftp.flush_behind import FlushBehind
 from zsagent.sftp.paths import ancestors, checked_remote_path, part_path
 from zsagent.sftp.remote_exec import StandbyCommands, allocated_and_md5_commands, remote_allocated_and_md5
 from zsagent.sftp.settings import SftpSettings
+from zsagent.sinks.base import NO_JOURNAL, Journal
 
 log = logging.getLogger(__name__)
 
 DIR_MODE = 0o755
 FILE_MODE = 0o644
+JOURNAL_KIND = "sftp"
 
 
 class RemoteUpload:
@@ -54,12 +60,18 @@ class RemoteUpload:
     handed to ssh so far.
     """
 
-    def __init__(self, settings: SftpSettings, path: str) -> None:
+    def __init__(self, settings: SftpSettings, path: str, journal: Journal = NO_JOURNAL,
+                 journal_spec: dict | None = None) -> None:
         self.settings = settings
         self.path = checked_remote_path(path)
         self.part = part_path(self.path)
         self.target = settings.target
         self.bytes_sent = 0
+        self._journal = journal
+        self._journal_spec = dict(journal_spec or {})
+        self._part_id: int | None = None
+        self._final_id: int | None = None
+        self._committed = False
         self._sessions: list[SftpClient] = []
         self._handles: list[bytes] = []
         self._created_dirs: list[str] = []
@@ -116,11 +128,22 @@ class RemoteUpload:
                 raise
             self._created_dirs.append(directory)
 
+    def _record(self, path: str) -> int:
+        return self._journal.record(JOURNAL_KIND, {**self._journal_spec, "path": path})
+
+    def _forget(self, name: str) -> None:
+        artifact_id = getattr(self, name)
+        if artifact_id is not None:
+            self._journal.forget(artifact_id)
+            setattr(self, name, None)
+
     def _create_part(self, client: SftpClient) -> bytes:
+        self._part_id = self._record(self.part)
         try:
             handle = client.open(self.part, p.FXF_WRITE | p.FXF_CREAT | p.FXF_EXCL, FILE_MODE)
-        except RemoteFailure as e:
-            if client.exists(self.part):
+        except BaseException as e:
+            self._forget("_part_id")  # not created by us
+            if isinstance(e, RemoteFailure) and client.exists(self.part):
                 raise RemoteFileExists(f"{self.part} already exists on {self.target}: another upload of "
                                        "this template is running or a crashed one left it behind",
                                        self.target) from e
@@ -212,8 +235,8 @@ class RemoteUpload:
         primary.close_handle(handle, self.part)
         allocated = self._measure(logical, expected_md5)
         self._publish(primary)
-        self._published = True
         primary.close()
+        self._committed = True
         return self.path, allocated
 
     def _measure(self, logical: int, expected_md5: str | None) -> int:
@@ -239,6 +262,17 @@ class RemoteUpload:
                                  "overwritten", self.target)
         if client.exists(self.path):
             raise taken
+        self._final_id = self._record(self.path)
+        try:
+            self._rename(client, taken)
+        except RemoteFileExists:
+            self._forget("_final_id")  # someone else's file: not ours to remove
+            raise
+        self._published = True
+        self._part_created = False
+        self._forget("_part_id")
+
+    def _rename(self, client: SftpClient, taken: RemoteFileExists) -> None:
         try:
             client.rename(self.part, self.path)
         except (RemoteFailure, RemoteUnsupported) as e:
@@ -267,7 +301,7 @@ class RemoteUpload:
             session.close()
         primary = sessions[0] if sessions else None
         try:
-            if self._published or not (self._part_created or self._created_dirs):
+            if self._committed or not (self._part_created or self._published or self._created_dirs):
                 return
             if primary is None or not primary.channel.alive:
                 if primary is not None:
@@ -286,6 +320,12 @@ class RemoteUpload:
             with contextlib.suppress(RemoteNoSuchFile):
                 client.remove(self.part)
             self._part_created = False
+        self._forget("_part_id")
+        if self._published:  # renamed, but the commit failed after that: it was never reported
+            with contextlib.suppress(RemoteNoSuchFile):
+                client.remove(self.path)
+            self._published = False
+        self._forget("_final_id")
         while self._created_dirs:
             directory = self._created_dirs.pop()
             try:

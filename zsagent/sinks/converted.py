@@ -24,14 +24,15 @@ from typing import Protocol
 from zsagent.copy.errors import AllSinksFailed
 from zsagent.copy.pipeline import PipelineConfig, run_copy
 from zsagent.qemu_img import ConvertOptions, convert, hash_file, qemu_input_of
-from zsagent.sinks.base import Sink, SinkResult
-from zsagent.sinks.local_files import fsync_dir, make_parents, publish, remove_created
-from zsagent.sinks.raw_file import PART_SUFFIX
+from zsagent.sinks.base import NO_JOURNAL, Journal, Sink, SinkResult
+from zsagent.sinks.local_files import LocalTemplateFile, fsync_path
 from zsagent.sources.raw_file import RawFileSource
 
 log = logging.getLogger(__name__)
 
 FractionCallback = Callable[[float], None]
+SPOOL_KIND = "spool"
+"""Journal kind of a local spool file (spec ``{"path"}``), removed by zsagent.cleanup."""
 
 
 class Converter(Protocol):
@@ -48,80 +49,68 @@ class Converter(Protocol):
     def abort(self) -> None: ...
 
 
-def _claim(path: Path) -> None:
-    """Create ``path`` empty, failing if it exists: the .part name is ours before qemu-img writes it."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
-
-
 class ConvertedFile:
-    """A template at ``path`` on a local (or NFS) filesystem, converted in place under ``<path>.part``."""
+    """A template at ``path`` on a local (or NFS) filesystem, converted in place under ``<path>.part``.
+
+    ``journal``/``root``: see zsagent.sinks.local_files.LocalTemplateFile.
+    """
 
     def __init__(self, path: str | os.PathLike[str], options: ConvertOptions,
-                 pipeline: PipelineConfig | None = None) -> None:
-        self.path = Path(path)
-        self.part = self.path.with_name(self.path.name + PART_SUFFIX)
+                 pipeline: PipelineConfig | None = None, journal: Journal = NO_JOURNAL,
+                 root: str | os.PathLike[str] | None = None) -> None:
+        self.file = LocalTemplateFile(path, journal, root=root)
+        self.path, self.part = self.file.path, self.file.part
         self.description = str(self.path)
         self.options = options
         self.pipeline = pipeline
-        self._created_dirs: list[Path] = []
-        self._claimed = False
         self._md5: str | None = None
 
     def prepare(self, source, progress: FractionCallback, cancel: threading.Event) -> None:
         qemu_input = qemu_input_of(source)
-        if self.path.exists():
-            raise FileExistsError(f"{self.path}: template already exists")
-        make_parents(self.path, self._created_dirs)
-        _claim(self.part)
-        self._claimed = True
+        os.close(self.file.create())  # the .part name is ours before qemu-img writes it
         convert(qemu_input, self.part, self.options, progress=lambda f: progress(0.9 * f), cancel=cancel)
         self._md5 = hash_file(self.part, self.pipeline, cancel)
-        fd = os.open(self.part, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(self.part)
         progress(1.0)
 
     def commit(self) -> SinkResult:
         if self._md5 is None:
             raise ValueError(f"{self.description}: commit before prepare")
-        publish(self.part, self.path)
-        self._claimed = False
-        fsync_dir(self.path.parent)
-        return SinkResult(str(self.path), os.stat(self.path).st_blocks * 512, md5=self._md5)
+        return SinkResult(str(self.path), self.file.publish(), md5=self._md5)
 
     def abort(self) -> None:
-        try:
-            if self._claimed:
-                self.part.unlink(missing_ok=True)
-                self._claimed = False
-            remove_created(self._created_dirs)
-        except Exception:  # noqa: BLE001 - abort never raises
-            log.exception("abort of %s failed", self.description)
+        self.file.abort()
 
 
 class ConvertedUpload:
     """A template converted into ``spool_file`` (local), then uploaded into ``sink`` by the pipeline.
 
-    The md5 is the pipeline's MD5 of the spool file's bytes, i.e. of exactly what ``sink`` stores.
+    The md5 is the pipeline's MD5 of the spool file's bytes, i.e. of exactly what ``sink`` stores (and
+    what ``sink`` checks against the server's, when it does). The spool file is journalled as kind
+    "spool" before it is created.
     """
 
     def __init__(self, spool_file: str | os.PathLike[str], sink: Sink, options: ConvertOptions,
-                 pipeline: PipelineConfig | None = None) -> None:
+                 pipeline: PipelineConfig | None = None, journal: Journal = NO_JOURNAL) -> None:
         self.spool_file = Path(spool_file)
         self.sink = sink
         self.description = sink.description
         self.options = options
         self.pipeline = pipeline
-        self._claimed = False
+        self.journal = journal
+        self._spool_id: int | None = None
         self._md5: str | None = None
 
     def prepare(self, source, progress: FractionCallback, cancel: threading.Event) -> None:
         qemu_input = qemu_input_of(source)
         self.spool_file.parent.mkdir(parents=True, exist_ok=True)
-        _claim(self.spool_file)
-        self._claimed = True
+        self._spool_id = self.journal.record(SPOOL_KIND, {"path": str(self.spool_file)})
+        try:
+            os.close(os.open(self.spool_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:  # not ours
+            self.journal.forget(self._spool_id)
+            self._spool_id = None
+            raise
         try:
             convert(qemu_input, self.spool_file, self.options, progress=lambda f: progress(0.5 * f),
                     cancel=cancel)
@@ -140,7 +129,7 @@ class ConvertedUpload:
     def commit(self) -> SinkResult:
         if self._md5 is None:
             raise ValueError(f"{self.description}: commit before prepare")
-        published = self.sink.commit()
+        published = self.sink.commit(self._md5)
         return SinkResult(published.install_path, published.actual_size, published.parent,
                           md5=published.md5 or self._md5)
 
@@ -152,12 +141,14 @@ class ConvertedUpload:
         self._remove_spool()
 
     def _remove_spool(self) -> None:
-        if self._claimed:
+        if self._spool_id is not None:
             try:
                 self.spool_file.unlink(missing_ok=True)
-                self._claimed = False
             except OSError:
                 log.exception("could not remove the spool file %s", self.spool_file)
+                return
+            self.journal.forget(self._spool_id)
+            self._spool_id = None
 
 
 class _HeldCommit:
@@ -167,7 +158,9 @@ class _HeldCommit:
     def __init__(self, sink: Sink) -> None:
         self.description = sink.description
         self.sequential = sink.sequential
-        self.open, self.write, self.zero, self.abort = sink.open, sink.write, sink.zero, sink.abort
+        self.open, self.write, self.abort = sink.open, sink.write, sink.abort
+        if sink.sequential:
+            self.zero = sink.zero
 
-    def commit(self) -> SinkResult:
+    def commit(self, content_md5: str | None = None) -> SinkResult:
         return SinkResult(self.description, 0)

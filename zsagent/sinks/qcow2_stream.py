@@ -93,7 +93,7 @@ class Qcow2StreamSink:
         if self._zero_run[1] >= ZERO_RUN_MAX_BYTES:
             self._flush_zeros()
 
-    def commit(self) -> SinkResult:
+    def commit(self, content_md5: str | None = None) -> SinkResult:
         if self._thread is None:
             raise ValueError(f"{self.description}: commit of a sink that is not open")
         self._raise_if_failed()
@@ -101,9 +101,10 @@ class Qcow2StreamSink:
         self._put(_END)
         self._thread.join()
         self._raise_if_failed()
-        install_path, actual_size = self.target.commit()
+        file_md5 = self._md5.hexdigest()
+        install_path, actual_size = self.target.commit(expected_md5=file_md5)
         self._committed = True
-        return SinkResult(install_path, actual_size, md5=self._md5.hexdigest())
+        return SinkResult(install_path, actual_size, md5=file_md5)
 
     def abort(self) -> None:
         if self._committed:

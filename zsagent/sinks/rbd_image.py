@@ -10,11 +10,12 @@ import threading
 from collections.abc import Sequence
 
 from zsagent.copy.extents import Extent
-from zsagent.sinks.base import SinkResult
+from zsagent.sinks.base import NO_JOURNAL, PART_SUFFIX, Journal, SinkResult
 
 log = logging.getLogger(__name__)
 
-PART_SUFFIX = ".part"
+JOURNAL_KIND = "ceph"
+"""Journal entries name an image in a pool: ``{"pool", "image"}`` (zsagent.storages.ceph removes them)."""
 
 
 def rbd_allocated_bytes(image) -> int:
@@ -33,34 +34,59 @@ def rbd_allocated_bytes(image) -> int:
 
 
 class _RbdPartImage:
-    """The common life cycle: an image under a temporary name, renamed on commit, removed on abort."""
+    """The common life cycle: an image under a temporary name, renamed on commit, removed on abort.
+
+    Each name is journalled (kind "ceph") before it exists and forgotten once it is gone or renamed.
+    """
 
     sequential = False
 
-    def __init__(self, rbd_module, ioctx, pool: str, name: str) -> None:
+    def __init__(self, rbd_module, ioctx, pool: str, name: str, journal: Journal = NO_JOURNAL) -> None:
         self.rbd = rbd_module
         self.ioctx = ioctx
         self.pool = pool
         self.name = name
         self.part = name + PART_SUFFIX
         self.description = f"ceph://{pool}/{name}"
+        self.journal = journal
         self.image = None
         self._created = False
+        self._part_id: int | None = None
+        self._final_id: int | None = None
+        self._published = False
+        self._committed = False
 
-    def _check_free(self) -> None:
+    def _claim_part(self) -> None:
+        """The final name must be free; journal the .part before it is created."""
         if self.name in self.rbd.RBD().list(self.ioctx):
             raise self.rbd.ImageExists(f"image {self.pool}/{self.name} already exists")
+        self._part_id = self.journal.record(JOURNAL_KIND, {"pool": self.pool, "image": self.part})
 
     def _publish(self, parent: str | None = None) -> SinkResult:
         self.image.flush()
         actual = rbd_allocated_bytes(self.image)
         self.image.close()
         self.image = None
-        self.rbd.RBD().rename(self.ioctx, self.part, self.name)
-        self._created = False
+        self._final_id = self.journal.record(JOURNAL_KIND, {"pool": self.pool, "image": self.name})
+        try:
+            self.rbd.RBD().rename(self.ioctx, self.part, self.name)  # refuses to replace an image
+        except BaseException:
+            self.journal.forget(self._final_id)  # not renamed: the final name is not ours
+            self._final_id = None
+            raise
+        self._created, self._published = False, True
+        self._forget_part()
+        self._committed = True
         return SinkResult(self.description, actual, parent)
 
+    def _forget_part(self) -> None:
+        if self._part_id is not None:
+            self.journal.forget(self._part_id)
+            self._part_id = None
+
     def abort(self) -> None:
+        if self._committed:
+            return
         if self.image is not None:
             try:
                 self.image.close()
@@ -76,6 +102,19 @@ class _RbdPartImage:
                 log.exception("removing %s/%s failed", self.pool, self.part)
                 return
             self._created = False
+        self._forget_part()
+        if self._published:  # renamed, but the commit failed after that: it was never reported
+            try:
+                self.rbd.RBD().remove(self.ioctx, self.name)
+            except self.rbd.ImageNotFound:
+                pass
+            except Exception:  # noqa: BLE001 - abort never raises; the journal retries later
+                log.exception("removing %s/%s failed", self.pool, self.name)
+                return
+            self._published = False
+        if self._final_id is not None:
+            self.journal.forget(self._final_id)
+            self._final_id = None
 
 
 class RbdImageSink(_RbdPartImage):
@@ -85,12 +124,13 @@ class RbdImageSink(_RbdPartImage):
     volume's, as `rbd cp` does, so that the template is no less sparse than the volume.
     """
 
-    def __init__(self, rbd_module, ioctx, pool: str, name: str, order: int | None = None) -> None:
-        super().__init__(rbd_module, ioctx, pool, name)
+    def __init__(self, rbd_module, ioctx, pool: str, name: str, order: int | None = None,
+                 journal: Journal = NO_JOURNAL) -> None:
+        super().__init__(rbd_module, ioctx, pool, name, journal)
         self.order = order
 
     def open(self, size: int, extents: Sequence[Extent]) -> None:
-        self._check_free()
+        self._claim_part()
         self.rbd.RBD().create(self.ioctx, self.part, size, order=self.order, old_format=False)
         self._created = True
         self.image = self.rbd.Image(self.ioctx, self.part)
@@ -98,10 +138,7 @@ class RbdImageSink(_RbdPartImage):
     def write(self, offset: int, data: bytes) -> None:
         self.image.write(data, offset)
 
-    def zero(self, offset: int, length: int) -> None:
-        """Nothing to do: a new image reads as zeros."""
-
-    def commit(self) -> SinkResult:
+    def commit(self, content_md5: str | None = None) -> SinkResult:
         return self._publish()
 
 
@@ -114,8 +151,8 @@ class RbdCloneSink(_RbdPartImage):
     """
 
     def __init__(self, rbd_module, parent_ioctx, parent_image: str, snapshot: str,
-                 ioctx, pool: str, name: str, flatten: bool = False) -> None:
-        super().__init__(rbd_module, ioctx, pool, name)
+                 ioctx, pool: str, name: str, flatten: bool = False, journal: Journal = NO_JOURNAL) -> None:
+        super().__init__(rbd_module, ioctx, pool, name, journal)
         self.parent_ioctx = parent_ioctx
         self.parent_image = parent_image
         self.snapshot = snapshot
@@ -128,7 +165,7 @@ class RbdCloneSink(_RbdPartImage):
         return f"{self.parent_ioctx.get_pool_name()}/{self.parent_image}@{self.snapshot}"
 
     def open(self, size: int, extents: Sequence[Extent]) -> None:
-        self._check_free()
+        self._claim_part()
         with self.rbd.Image(self.parent_ioctx, self.parent_image) as parent:
             if not parent.is_protected_snap(self.snapshot):
                 parent.protect_snap(self.snapshot)
@@ -148,10 +185,7 @@ class RbdCloneSink(_RbdPartImage):
     def write(self, offset: int, data: bytes) -> None:
         """The clone already holds the data."""
 
-    def zero(self, offset: int, length: int) -> None:
-        """The clone already holds the data."""
-
-    def commit(self) -> SinkResult:
+    def commit(self, content_md5: str | None = None) -> SinkResult:
         if self._flattener is not None:
             self._flattener.join()
             if self._flatten_error is not None:
