@@ -23,8 +23,9 @@ METADATA_KEYS = {"platform": "zstack.platform", "architecture": "zstack.architec
 class Volume:
     """A volume found on a primary storage.
 
-    kind: "ceph" (``pool`` + ``image``) or "file" (``path`` + ``format``: qcow2 | raw).
-    size: virtual bytes. metadata: inventory fields recorded on the volume (see METADATA_KEYS).
+    kind: "ceph" (``pool`` + ``image``; ``order``: log2 of its object size) or "file" (``path`` +
+    ``format``: qcow2 | raw). size: virtual bytes. metadata: inventory fields recorded on the volume
+    (see METADATA_KEYS).
     """
 
     uuid: str
@@ -37,6 +38,7 @@ class Volume:
     format: str = "raw"
     account_uuid: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    order: int | None = None
 
 
 class Catalog:
@@ -91,6 +93,7 @@ class Catalog:
                 try:
                     with rbd.Image(ioctx, uuid, read_only=True) as image:
                         size = image.size()
+                        order = image.stat()["order"]
                         metadata = {}
                         for field_name, key in METADATA_KEYS.items():
                             try:
@@ -99,7 +102,7 @@ class Catalog:
                                 pass
                 except rbd.ImageNotFound:
                     continue
-            return Volume(uuid, ps, "ceph", size, pool=pool, image=uuid, metadata=metadata)
+            return Volume(uuid, ps, "ceph", size, pool=pool, image=uuid, metadata=metadata, order=order)
         return None
 
     def _find_in_files(self, ps: PrimaryStorage, uuid: str) -> Volume | None:

@@ -5,28 +5,32 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 
+from zsagent.ceph import open_backend
 from zsagent.config import Config
-
-Finding = tuple[bool, str, str]  # (ok, what was checked / what is wrong, how to fix it)
+from zsagent.storages import KINDS, Finding, Runtime
+from zsagent.storages.filesystem import writable_dir
 
 
 def run_checks(config: Config) -> list[Finding]:
     findings = [(True, f"configuration {config.source} parses", "")]
     findings += _data_dir(config)
     findings += _sessions(config)
-    findings += list(_ceph(config))
-    findings += list(_file_roots(config))
-    findings += list(_sftp(config))
+    runtime = Runtime(config, connect_timeout_s=10)
+    try:
+        findings += list(_ceph(config, runtime))
+        findings += list(_primary_file_roots(config))
+        findings += list(_backup_storages(config, runtime))
+    finally:
+        runtime.close()
     findings += list(_qemu_img_engine(config))
-    return findings
+    return list(dict.fromkeys(findings))  # a pool both primary and backup storage is said once
 
 
 def _data_dir(config: Config) -> list[Finding]:
     path = config.agent.data_dir
-    if _writable_dir(path, create=True):
+    if writable_dir(path, create=True):
         return [(True, f"data_dir {path} is writable", "")]
     return [(False, f"data_dir {path} cannot be created or written",
              f"create it and let the agent's user write it: install -d -m 0750 {path}")]
@@ -42,35 +46,32 @@ def _sessions(config: Config) -> list[Finding]:
              "create it with one '<sessionUuid> <accountUuid>' per line, or set auth.zstack_url")]
 
 
-def _ceph(config: Config) -> Iterator[Finding]:
+def _ceph(config: Config, runtime: Runtime) -> Iterator[Finding]:
+    """Ceph reachable, the primary storages' pools there, then each Ceph backup storage's own checks."""
     pools = [p for ps in config.primary_storage if ps.type == "ceph" for p in ps.pools]
-    pools += [bs.pool for bs in config.backup_storage if bs.type == "ceph"]
-    if not pools:
+    backups = [bs for bs in config.backup_storage if bs.type == "ceph"]
+    if not pools and not backups:
         return
-    from zsagent.ceph import open_backend
-
     try:
-        backend = open_backend(config.ceph)
-        cluster = backend.connect(timeout_s=10)
+        runtime.ceph = open_backend(config.ceph)
+        cluster = runtime.cluster
     except Exception as e:  # noqa: BLE001 - any failure to connect is the finding
+        runtime.ceph = None  # the backup storages' own Ceph checks are skipped: said once here
         where = config.ceph.fake_root if config.ceph.backend == "fake" else config.ceph.conf
         yield (False, f"Ceph ({config.ceph.backend}, {where}) cannot be reached: {type(e).__name__}: {e}",
                "check ceph.conf / ceph.keyring / ceph.client, that the monitors are up, and that "
                "`ceph -s` works with the same files")
         return
-    try:
-        yield (True, f"Ceph is reachable ({config.ceph.backend})", "")
-        for pool in dict.fromkeys(pools):
-            if cluster.pool_exists(pool):
-                yield (True, f"Ceph pool {pool} exists", "")
-            else:
-                yield (False, f"Ceph pool {pool} does not exist",
-                       f"create it: ceph osd pool create {pool} && rbd pool init {pool}")
-    finally:
-        cluster.shutdown()
+    yield (True, f"Ceph is reachable ({config.ceph.backend})", "")
+    for pool in dict.fromkeys(pools):
+        if cluster.pool_exists(pool):
+            yield (True, f"Ceph pool {pool} exists", "")
+        else:
+            yield (False, f"Ceph pool {pool} does not exist",
+                   f"create it: ceph osd pool create {pool} && rbd pool init {pool}")
 
 
-def _file_roots(config: Config) -> Iterator[Finding]:
+def _primary_file_roots(config: Config) -> Iterator[Finding]:
     for ps in config.primary_storage:
         if ps.type == "filesystem":
             if os.path.isdir(ps.path):
@@ -78,30 +79,18 @@ def _file_roots(config: Config) -> Iterator[Finding]:
             else:
                 yield (False, f"primary storage {ps.uuid}: {ps.path} is not a directory",
                        "mount the primary storage there, or correct its path")
-    for bs in config.backup_storage:
-        if bs.type == "filesystem":
-            if _writable_dir(bs.path):
-                yield (True, f"backup storage {bs.uuid}: {bs.path} is writable", "")
-            else:
-                yield (False, f"backup storage {bs.uuid}: {bs.path} is missing or not writable",
-                       "mount it there and let the agent write it (and list it in ReadWritePaths=)")
 
 
-def _sftp(config: Config) -> Iterator[Finding]:
+def _backup_storages(config: Config, runtime: Runtime) -> Iterator[Finding]:
     for bs in config.backup_storage:
-        if bs.type != "sftp":
-            continue
-        try:
-            from zsagent.sftp.check import check_sftp_backup_storage
-        except ImportError:
-            yield (False, f"backup storage {bs.uuid}: SFTP support is not installed", "reinstall zsagent")
-            continue
-        yield check_sftp_backup_storage(bs)
+        if bs.type == "ceph" and runtime.ceph is None:
+            continue  # Ceph could not be reached: said once in _ceph
+        yield from KINDS[bs.type].check(bs, runtime)
 
 
 def _qemu_img_engine(config: Config) -> Iterator[Finding]:
     """Storages whose templates qemu-img makes need qemu-img, and for SFTP a writable spool."""
-    users = [bs for bs in config.backup_storage if bs.compression != "none" or bs.engine == "qemu-img"]
+    users = [bs for bs in config.backup_storage if getattr(bs.settings, "uses_qemu_img", False)]
     if not users:
         return
     if shutil.which("qemu-img"):
@@ -111,18 +100,8 @@ def _qemu_img_engine(config: Config) -> Iterator[Finding]:
                + ", ".join(bs.uuid for bs in users) + " need it", "apt-get install qemu-utils")
     if any(bs.type == "sftp" for bs in users):
         spool = config.agent.spool_path
-        if _writable_dir(spool, create=True):
+        if writable_dir(spool, create=True):
             yield (True, f"spool_dir {spool} is writable", "")
         else:
             yield (False, f"spool_dir {spool} cannot be created or written",
                    f"create it on a disk with room for the largest template: install -d -m 0750 {spool}")
-
-
-def _writable_dir(path: str, create: bool = False) -> bool:
-    try:
-        if create:
-            os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".zsagent-check-"):
-            return True
-    except OSError:
-        return False

@@ -14,6 +14,7 @@ from typing import Any
 
 from zsagent.ceph import CephConfig
 from zsagent.copy.pipeline import PipelineConfig
+from zsagent.storages import KINDS
 
 UUID_RE = re.compile(r"^[0-9a-f]{32}$")
 DEFAULT_CONFIG_PATH = "/etc/zsagent/zsagent.toml"
@@ -92,49 +93,15 @@ class PrimaryStorage:
 class BackupStorage:
     """Where templates go.
 
-    ceph: ``pool``, ``mode`` (copy | clone | flatten) for volumes from the same cluster.
-    filesystem: ``path``, ``format`` (qcow2 | raw). sftp: hostname, port, username, private_key,
-    known_hosts, path, format. ``default``: used when a request names no backup storage.
-    filesystem and sftp: ``compression`` (none | zstd | zlib: qcow2 compressed by qemu-img) and
-    ``engine`` (stream: the one-pass writers; qemu-img: ``qemu-img convert``, a second read of the volume).
+    type: the storage kind (zsagent.storages.KINDS: "ceph", "filesystem", "sftp"); settings: that kind's
+    own settings (every key of the table but uuid, type and default), checked when the file loads.
+    default: used when a request names no backup storage.
     """
 
     uuid: str
-    type: str  # "ceph" | "filesystem" | "sftp"
+    type: str
+    settings: Any
     default: bool = False
-    pool: str | None = None
-    mode: str = "copy"
-    path: str | None = None
-    format: str = "qcow2"
-    compression: str = "none"
-    engine: str = "stream"
-    hostname: str | None = None
-    port: int = 22
-    username: str = "root"
-    private_key: str | None = None
-    known_hosts: str | None = None
-    accept_new_host_keys: bool = False
-    connect_timeout_s: int = 10
-    idle_timeout_s: int = 60
-    keepalive_interval_s: int = 15
-    bandwidth_bytes_per_s: int = 0  # 0: no limit
-    verify_md5: bool = False
-    remote_commands: bool = True
-    connections: int = 1
-    flush_behind_bytes: int = 64 * 1024 * 1024  # 0: the server writes the file to disk only at the commit
-
-    def sftp_settings(self, bandwidth_bytes_per_s: int | None = None):
-        """The SFTP connection settings of an "sftp" backup storage."""
-        from zsagent.sftp.settings import SftpSettings
-
-        limit = bandwidth_bytes_per_s or self.bandwidth_bytes_per_s or None
-        return SftpSettings(hostname=self.hostname, port=self.port, username=self.username,
-                            private_key=self.private_key, known_hosts=self.known_hosts,
-                            accept_new_host_keys=self.accept_new_host_keys,
-                            connect_timeout_s=self.connect_timeout_s, idle_timeout_s=self.idle_timeout_s,
-                            keepalive_interval_s=self.keepalive_interval_s, bandwidth_bytes_per_s=limit,
-                            verify_md5=self.verify_md5, remote_commands=self.remote_commands,
-                            connections=self.connections, flush_behind_bytes=self.flush_behind_bytes or None)
 
 
 @dataclass(frozen=True)
@@ -155,20 +122,12 @@ class Config:
 
 _CHOICES = {
     ("primary_storage", "type"): ("ceph", "filesystem"),
-    ("backup_storage", "type"): ("ceph", "filesystem", "sftp"),
-    ("backup_storage", "mode"): ("copy", "clone", "flatten"),
-    ("backup_storage", "format"): ("qcow2", "raw"),
-    ("backup_storage", "compression"): ("none", "zstd", "zlib"),
-    ("backup_storage", "engine"): ("stream", "qemu-img"),
     ("ceph", "backend"): ("rados", "fake"),
 }
 
 _REQUIRED = {
     ("primary_storage", "ceph"): ("pools",),
     ("primary_storage", "filesystem"): ("path",),
-    ("backup_storage", "ceph"): ("pool",),
-    ("backup_storage", "filesystem"): ("path",),
-    ("backup_storage", "sftp"): ("hostname", "private_key", "known_hosts", "path"),
 }
 
 
@@ -204,8 +163,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: ceph.fake_root: required when ceph.backend is \"fake\"")
     primaries = tuple(_storage(raw, "primary_storage", i, PrimaryStorage, source)
                       for i in range(len(raw.get("primary_storage", []))))
-    backups = tuple(_storage(raw, "backup_storage", i, BackupStorage, source)
-                    for i in range(len(raw.get("backup_storage", []))))
+    backups = tuple(_backup_storage(raw, i, source) for i in range(len(raw.get("backup_storage", []))))
     seen: set[str] = set()
     for kind, items in (("primary_storage", primaries), ("backup_storage", backups)):
         for i, item in enumerate(items):
@@ -221,10 +179,10 @@ def _section(raw: dict[str, Any], name: str, cls, source: str):
     values = raw.get(name, {})
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: {name}: must be a table")
-    return _build(cls, values, name, source)
+    return _build(cls, values, name, source, _choices_of(name))
 
 
-def _storage(raw: dict[str, Any], kind: str, index: int, cls, source: str):
+def _table(raw: dict[str, Any], kind: str, index: int, source: str) -> dict[str, Any]:
     items = raw[kind]
     if not isinstance(items, list):
         raise ConfigError(f"{source}: {kind}: must be an array of tables ([[{kind}]])")
@@ -235,24 +193,46 @@ def _storage(raw: dict[str, Any], kind: str, index: int, cls, source: str):
     for key in ("uuid", "type"):
         if key not in values:
             raise ConfigError(f"{source}: {where}.{key}: required")
-    item = _build(cls, values, where, source, kind)
-    if not UUID_RE.match(item.uuid):
-        raise ConfigError(f"{source}: {where}.uuid: {item.uuid!r} is not 32 lowercase hex digits")
+    if not isinstance(values["uuid"], str) or not UUID_RE.match(values["uuid"]):
+        raise ConfigError(f"{source}: {where}.uuid: {values['uuid']!r} is not 32 lowercase hex digits")
+    return values
+
+
+def _storage(raw: dict[str, Any], kind: str, index: int, cls, source: str):
+    values = _table(raw, kind, index, source)
+    where = f"{kind}[{index}]"
+    item = _build(cls, values, where, source, _choices_of(kind))
     for key in _REQUIRED[(kind, item.type)]:
         if not values.get(key):
             raise ConfigError(f"{source}: {where}.{key}: required for type \"{item.type}\"")
-    if kind == "backup_storage" and item.type == "ceph" and "format" in values and values["format"] != "raw":
-        raise ConfigError(f"{source}: {where}.format: Ceph backup storage stores raw images only")
-    if kind == "backup_storage" and item.type == "ceph" and item.compression != "none":
-        raise ConfigError(f"{source}: {where}.compression: Ceph backup storage stores raw images only")
-    if kind == "backup_storage" and (item.flush_behind_bytes < 0 or 0 < item.flush_behind_bytes < 1024 * 1024):
-        raise ConfigError(f"{source}: {where}.flush_behind_bytes: 0 (off) or at least 1 MiB (1048576)")
-    if kind == "backup_storage" and item.compression != "none" and item.format != "qcow2":
-        raise ConfigError(f"{source}: {where}.compression: needs format \"qcow2\"")
     return item
 
 
-def _build(cls, values: dict[str, Any], where: str, source: str, kind: str | None = None):
+def _backup_storage(raw: dict[str, Any], index: int, source: str) -> BackupStorage:
+    """The kind's own settings class checks every key but uuid, type and default (zsagent.storages)."""
+    values = _table(raw, "backup_storage", index, source)
+    where = f"backup_storage[{index}]"
+    kind = KINDS.get(values["type"])
+    if kind is None:
+        raise ConfigError(f"{source}: {where}.type: {values['type']!r} is not one of {', '.join(KINDS)}")
+    default = values.get("default", False)
+    if not isinstance(default, bool):
+        raise ConfigError(f"{source}: {where}.default: must be bool, not {type(default).__name__}")
+    for key in kind.settings.REQUIRED:
+        if not values.get(key):
+            raise ConfigError(f"{source}: {where}.{key}: required for type \"{kind.name}\"")
+    own = {k: v for k, v in values.items() if k not in ("uuid", "type", "default")}
+    settings = _build(kind.settings, own, where, source, kind.settings.CHOICES)
+    return BackupStorage(values["uuid"], kind.name, settings, default)
+
+
+def _choices_of(section: str) -> dict[str, tuple[str, ...]]:
+    return {key: choices for (name, key), choices in _CHOICES.items() if name == section}
+
+
+def _build(cls, values: dict[str, Any], where: str, source: str, choices_of: dict[str, tuple[str, ...]]):
+    """``cls(**values)`` with every key known, of its field's type and, where listed, one of its choices;
+    a ValueError of ``cls`` ("<key>: <reason>" or a reason) becomes a ConfigError naming ``where``."""
     defaults = {f.name: f for f in cls.__dataclass_fields__.values()}
     kwargs = {}
     for key, value in values.items():
@@ -265,14 +245,18 @@ def _build(cls, values: dict[str, Any], where: str, source: str, kind: str | Non
             value = tuple(value)
         elif expected is not None and not _is(value, expected):
             raise ConfigError(f"{source}: {where}.{key}: must be {expected.__name__}, not {type(value).__name__}")
-        choices = _CHOICES.get((kind or where, key))
+        choices = choices_of.get(key)
         if choices and value not in choices:
             raise ConfigError(f"{source}: {where}.{key}: {value!r} is not one of {', '.join(choices)}")
         kwargs[key] = value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{source}: {where}: {e}") from None
+        reason = str(e)
+        key = reason.split(":", 1)[0]
+        if key in defaults:  # "<key>: <reason>"
+            raise ConfigError(f"{source}: {where}.{reason}") from None
+        raise ConfigError(f"{source}: {where}: {reason}") from None
 
 
 def _expected_type(cls, key: str):
