@@ -53,11 +53,15 @@ def result_of(copy_result, seconds: float, **extra) -> dict:
 
 
 def run_rbd(spec: dict) -> dict:
+    from zsagent.catalog import Volume
     from zsagent.ceph import CephConfig, open_backend
-    from zsagent.copy.pipeline import PipelineConfig
-    from zsagent.rbd_copy import CephCopyMode, copy_rbd_volume, rbd_template_sink
+    from zsagent.copy.pipeline import PipelineConfig, run_copy
+    from zsagent.sinks.base import NO_JOURNAL
+    from zsagent.sinks.rbd_image import RbdCloneSink, RbdImageSink
+    from zsagent.sources.open import open_source
 
     backend = open_backend(CephConfig(backend="rados", conf=spec["conf"], keyring=spec["keyring"]))
+    rbd = backend.rbd
     config = PipelineConfig(chunk_bytes=spec["chunk_bytes"], depth=spec["depth"])
     start = time.perf_counter()
     cluster = backend.connect()
@@ -65,15 +69,21 @@ def run_rbd(spec: dict) -> dict:
         src = cluster.open_ioctx(spec["pool"])
         dst = cluster.open_ioctx(spec["backup_pool"])
         connected = time.perf_counter()
-        sinks = []
-        if spec["mode"] != "hash-only":
-            sinks = [rbd_template_sink(CephCopyMode(spec["mode"]), backend.rbd, src, spec["volume"],
-                                       spec["snapshot"], dst, spec["backup_pool"], spec["dest"])]
-        result = copy_rbd_volume(backend.rbd, src, spec["volume"], spec["snapshot"], sinks, config)
+        with rbd.Image(src, spec["volume"], read_only=True) as image:
+            size, order = image.size(), image.stat()["order"]
+        sinks = []  # as zsagent.storages.ceph makes them
+        if spec["mode"] == "copy":
+            sinks = [RbdImageSink(rbd, dst, spec["backup_pool"], spec["dest"], order)]
+        elif spec["mode"] in ("clone", "flatten"):
+            sinks = [RbdCloneSink(rbd, src, spec["volume"], spec["snapshot"], dst, spec["backup_pool"], spec["dest"],
+                                  flatten=spec["mode"] == "flatten")]
+        volume = Volume(spec["volume"], None, "ceph", size, pool=spec["pool"], image=spec["volume"], order=order)
+        with open_source(volume, NO_JOURNAL, snapshot=spec["snapshot"], ceph=backend, cluster=cluster) as source:
+            result = run_copy(source, sinks, config)
         seconds = time.perf_counter() - start
         out = result_of(result, seconds, connect_s=connected - start)
         if sinks:
-            backend.rbd.RBD().remove(dst, spec["dest"])
+            rbd.RBD().remove(dst, spec["dest"])
         return out
     finally:
         cluster.shutdown()

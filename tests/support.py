@@ -122,7 +122,8 @@ class MemorySink:
         with self.lock:
             self.zeros.append((offset, length))
 
-    def commit(self) -> SinkResult:
+    def commit(self, content_md5: str | None = None) -> SinkResult:
+        self.content_md5 = content_md5
         if self.fail_commit:
             raise OSError(5, "injected commit error")
         self.committed = True
@@ -156,3 +157,43 @@ def make_qcow2_chain(directory: Path) -> Path:
 
 def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
+
+
+class RecordingJournal:
+    """A Journal (zsagent.sinks.base) in memory: ``live`` maps each id to (kind, spec) until forgotten.
+
+    ``fail_forget_after_final``: the first forget of a ``.part`` entry that comes after a final name was
+    recorded raises once: a commit that fails right after publishing, wherever the kind publishes.
+    """
+
+    def __init__(self, fail_forget_after_final: bool = False) -> None:
+        self.live: dict[int, tuple[str, dict]] = {}
+        self.recorded: list[tuple[str, dict]] = []
+        self.fail_forget_after_final = fail_forget_after_final
+        self._final_seen = False
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def record(self, kind: str, spec: dict) -> int:
+        with self._lock:
+            self._next += 1
+            self.live[self._next] = (kind, dict(spec))
+            self.recorded.append((kind, dict(spec)))
+            name = spec.get("path") or spec.get("image") or ""
+            if not name.endswith(".part") and kind != "spool":
+                self._final_seen = True
+            return self._next
+
+    def forget(self, artifact_id: int) -> None:
+        with self._lock:
+            kind, spec = self.live[artifact_id]
+            name = spec.get("path") or spec.get("image") or ""
+            if self.fail_forget_after_final and self._final_seen and name.endswith(".part"):
+                self.fail_forget_after_final = False
+                raise OSError(5, "injected failure right after publishing")
+            del self.live[artifact_id]
+
+    def names(self) -> set[str]:
+        """What the live entries name: ``pool/image`` for RBD images, else the path."""
+        with self._lock:
+            return {f"{s['pool']}/{s['image']}" if "pool" in s else s["path"] for _, s in self.live.values()}

@@ -111,9 +111,10 @@ def copy(volume_uuid: str, backup_storages: tuple[str, ...], name: str | None, d
     Example:
       zsagent copy 0cd599ec519249489475112a058bb93a --to 1b8ab68b7e224a30aa31f00f1db2b5a6 --mode clone
     """
+    from zsagent.jobs import Job
     from zsagent.logs import setup_logging
     from zsagent.request import parse_body
-    from zsagent.service import ADMIN_ACCOUNT_UUID, JobContext
+    from zsagent.service import ADMIN_ACCOUNT_UUID
 
     setup_logging("text", level=30)
     config = load_or_exit(config_path)
@@ -131,7 +132,7 @@ def copy(volume_uuid: str, backup_storages: tuple[str, ...], name: str | None, d
         click.echo(f"zsagent: invalid request: {e.error.details}", err=True)
         sys.exit(EXIT_USAGE)
     service = open_service(config)
-    job = JobContext()
+    job = Job()
     outcome: dict[str, Any] = {}
     # An Event, not Thread.join: a Ctrl-C that lands inside join() can make later joins return early.
     finished = threading.Event()
@@ -188,16 +189,16 @@ def _show_progress(job, finished: threading.Event) -> None:
         with Progress(*columns, transient=False) as bar:
             task = bar.add_task("queued", total=None)
             while not finished.is_set():
-                p = job.progress
+                p = job  # phase, bytes_done, bytes_total, percent
                 bar.update(task, description=p.phase, completed=p.bytes_done, total=p.bytes_total or None)
                 finished.wait(0.2)
-            p = job.progress
+            p = job  # phase, bytes_done, bytes_total, percent
             bar.update(task, description=p.phase, completed=p.bytes_done, total=p.bytes_total or None)
         return
     last_line, last_time = "", 0.0
     started = time.monotonic()
     while True:
-        p = job.progress
+        p = job  # phase, bytes_done, bytes_total, percent
         elapsed = max(time.monotonic() - started, 1e-6)
         line = (f"{p.phase}: {p.bytes_done}/{p.bytes_total} bytes ({p.percent}%), "
                 f"{p.bytes_done / elapsed / 1e6:.0f} MB/s")

@@ -1,14 +1,18 @@
 """Jobs: every create request runs as one, synchronous callers just wait for it.
 
-A job's result stays pollable for ``retention_s`` after it ends (ZStack keeps them 3 h), then it is
-forgotten. A web hook, when given, gets the result POSTed with ``X-Job-UUID`` and ``X-Job-Success``.
+A job's life: ``queued`` (waiting for its volume or for a copy slot) -> ``running`` (a slot is taken) ->
+``done`` | ``failed`` | ``cancelled``. The store holds the same state. A job's result stays pollable for
+``retention_s`` after it ends (ZStack keeps them 3 h), then it is forgotten. A web hook, when given, gets
+the result POSTed with ``X-Job-UUID`` and ``X-Job-Success``.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
+import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,31 +22,74 @@ import httpx
 from zsagent import errors
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.metrics import Metrics
-from zsagent.service import JobContext
 from zsagent.store import Store
 
 log = logging.getLogger(__name__)
 
-Work = Callable[[JobContext], dict[str, Any]]
-"""Does the job and returns the ImageInventory, or raises ZsError."""
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 @dataclass
 class Job:
-    context: JobContext
+    """One request's job, shared by the API (progress, cancel, the answer) and the service (the work).
+
+    state: see the module docstring; phase: what it is doing (queued | snapshot | copying | publishing |
+    done | failed); bytes_done / bytes_total: the copy's progress; cancel / cancel_reason: the switch the
+    copy polls; errors: per backup storage failures, also on success; point_in_time: how consistent the
+    copy is (zsagent.virt); webhook: where the result is POSTed; done: set once ``body`` (the answer,
+    with ``http_status`` for a synchronous caller) is there; finished_epoch: when, in seconds since 1970.
+    """
+
+    uuid: str = field(default_factory=lambda: uuidlib.uuid4().hex)
+    state: JobState = JobState.QUEUED
+    phase: str = "queued"
+    bytes_done: int = 0
+    bytes_total: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = "cancelled by request"
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    point_in_time: dict[str, Any] | None = None
     webhook: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
-    http_status: int | None = None  # for a synchronous answer
+    http_status: int | None = None
     body: dict[str, Any] | None = None
-    finished_s: float | None = None
+    finished_epoch: float | None = None
+    on_state: Callable[[JobState], None] | None = field(default=None, repr=False)
 
-    @property
-    def uuid(self) -> str:
-        return self.context.uuid
+    def set_state(self, state: JobState) -> None:
+        self.state = state
+        if self.on_state is not None:
+            self.on_state(state)
+
+    def cancel_with(self, reason: str) -> None:
+        self.cancel_reason = reason
+        self.cancel.set()
 
     @property
     def success(self) -> bool:
         return bool(self.body and self.body.get("success"))
+
+    @property
+    def percent(self) -> int:
+        if self.phase == "done":
+            return 100
+        if not self.bytes_total:
+            return 0
+        return min(99, int(100 * self.bytes_done / self.bytes_total))
+
+    def progress_json(self) -> dict[str, Any]:
+        return {"phase": self.phase, "percent": self.percent, "bytesDone": self.bytes_done,
+                "bytesTotal": self.bytes_total}
+
+
+Work = Callable[[Job], dict[str, Any]]
+"""Does the job and returns the ImageInventory, or raises ZsError."""
 
 
 @dataclass(frozen=True)
@@ -68,12 +115,12 @@ class JobManager:
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
 
-    def submit(self, context: JobContext, work: Work, image_uuid: str | None = None,
-               volume_uuid: str | None = None, webhook: str | None = None) -> Job:
-        job = Job(context, webhook)
+    def submit(self, job: Job, work: Work, volume_uuid: str | None = None) -> Job:
+        """Run ``work(job)`` on a thread of its own; the job stays queued until the work says it runs."""
+        job.on_state = lambda state: self.store.set_job_state(job.uuid, state)
         with self._lock:
             self._jobs[job.uuid] = job
-        self.store.add_job(job.uuid, image_uuid, volume_uuid)
+        self.store.add_job(job.uuid, volume_uuid)
         thread = threading.Thread(target=self._run, args=(job, work), name=f"job-{job.uuid[:8]}")
         with self._lock:
             self._threads.add(thread)
@@ -81,9 +128,8 @@ class JobManager:
         return job
 
     def _run(self, job: Job, work: Work) -> None:
-        self.store.set_job_state(job.uuid, "running")
         try:
-            inventory = work(job.context)
+            inventory = work(job)
             status, body = 200, {"success": True, "inventory": inventory}
         except ZsError as e:
             status, body = e.error.http_status, {"success": False, "error": e.error.to_json()}
@@ -91,9 +137,12 @@ class JobManager:
             log.exception("job %s failed unexpectedly", job.uuid)
             error = ErrorCode(errors.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
             status, body = error.http_status, {"success": False, "error": error.to_json()}
-        job.http_status, job.body, job.finished_s = status, body, time.time()
-        self.store.finish_job(job.uuid, "succeeded" if body["success"] else "failed", status, body,
-                              job.context.errors, job.context.point_in_time)
+        job.http_status, job.body, job.finished_epoch = status, body, time.time()
+        if body["success"]:
+            job.state = JobState.DONE
+        else:
+            job.state = JobState.CANCELLED if body["error"]["code"] == errors.CANCELLED else JobState.FAILED
+        self.store.finish_job(job.uuid, job.state, status, body, job.errors, job.point_in_time)
         if self.metrics is not None:
             self.metrics.jobs.labels("success" if body["success"] else body["error"]["code"]).inc()
         job.done.set()
@@ -123,7 +172,7 @@ class JobManager:
             job = self._jobs.get(job_uuid)
         if job is not None:
             running = not job.done.is_set()
-            return JobView(job.uuid, running, job.success, job.body, job.context.progress.to_json())
+            return JobView(job.uuid, running, job.success, job.body, job.progress_json())
         record = self.store.get_job(job_uuid)
         if record is None or record.result is None:
             return None
@@ -135,7 +184,7 @@ class JobManager:
             job = self._jobs.get(job_uuid)
         if job is None or job.done.is_set():
             return False
-        job.context.cancel_with(reason)
+        job.cancel_with(reason)
         return True
 
     def drain(self, drain_s: float) -> list[str]:
@@ -163,7 +212,7 @@ class JobManager:
     def expire(self) -> None:
         cutoff = time.time() - self.retention_s
         with self._lock:
-            for uuid in [u for u, j in self._jobs.items() if j.finished_s and j.finished_s < cutoff]:
+            for uuid in [u for u, j in self._jobs.items() if j.finished_epoch and j.finished_epoch < cutoff]:
                 del self._jobs[uuid]
         self.store.forget_jobs_before(cutoff)
 

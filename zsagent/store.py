@@ -7,7 +7,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +28,9 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE TABLE IF NOT EXISTS jobs (
     uuid         TEXT PRIMARY KEY,
-    image_uuid   TEXT,
     volume_uuid  TEXT,
-    state        TEXT NOT NULL,   -- queued | running | succeeded | failed
+    image_uuid   TEXT,            -- unused (kept for existing databases)
+    state        TEXT NOT NULL,   -- queued | running | done | failed | cancelled (zsagent.jobs; older: succeeded)
     result       TEXT,            -- the response body (JSON) once finished
     http_status  INTEGER,
     errors       TEXT,            -- per backup storage errors (JSON), also on success
@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS journal (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     job_uuid     TEXT NOT NULL,
-    kind         TEXT NOT NULL,   -- rbd-snapshot | rbd-image | file | sftp-file
+    kind         TEXT NOT NULL,   -- a storage kind, ceph-snapshot, spool or virt-* (zsagent.cleanup)
     spec         TEXT NOT NULL,   -- where the artifact is (JSON)
     created_s    REAL NOT NULL
 );
@@ -61,15 +61,16 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class JobRecord:
+    """A job as stored; created_epoch / finished_epoch: seconds since 1970."""
+
     uuid: str
-    image_uuid: str | None
     volume_uuid: str | None
     state: str
     result: dict[str, Any] | None
     http_status: int | None
     errors: list[dict[str, Any]]
-    created_s: float
-    finished_s: float | None
+    created_epoch: float
+    finished_epoch: float | None
     point_in_time: dict[str, Any] | None = None
 
 
@@ -117,12 +118,15 @@ class Store:
 
     # -- images ------------------------------------------------------------------------------------
 
-    def put_image(self, record: ImageRecord) -> None:
+    def put_image(self, record: ImageRecord, artifacts: Iterable[int] = ()) -> None:
+        """Record the image and forget the journalled ``artifacts`` it now owns, in one transaction: a
+        crash leaves either both (the template is the image's) or neither (reconcile removes it)."""
         with self._tx() as db:
             db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?)",
                        (record.uuid, record.account_uuid, record.volume_uuid, record.fingerprint,
                         json.dumps(record.inventory), json.dumps(record.refs), json.dumps(record.tags),
                         time.time()))
+            db.executemany("DELETE FROM journal WHERE id=?", [(i,) for i in artifacts])
 
     def get_image(self, uuid: str) -> ImageRecord | None:
         with self._lock:
@@ -140,10 +144,10 @@ class Store:
 
     # -- jobs --------------------------------------------------------------------------------------
 
-    def add_job(self, uuid: str, image_uuid: str | None, volume_uuid: str | None) -> None:
+    def add_job(self, uuid: str, volume_uuid: str | None) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO jobs (uuid, image_uuid, volume_uuid, state, created_s) VALUES (?,?,?,?,?)",
-                       (uuid, image_uuid, volume_uuid, "queued", time.time()))
+            db.execute("INSERT INTO jobs (uuid, volume_uuid, state, created_s) VALUES (?,?,?,?)",
+                       (uuid, volume_uuid, "queued", time.time()))
 
     def set_job_state(self, uuid: str, state: str) -> None:
         with self._tx() as db:
@@ -174,7 +178,7 @@ class Store:
     # -- journal of temporary artifacts ------------------------------------------------------------
 
     def journal(self, job_uuid: str, kind: str, spec: dict[str, Any]) -> int:
-        """Record an artifact *before* it is created; returns its id."""
+        """Record an artifact *before* it is created (temporary or final name); returns its id."""
         with self._tx() as db:
             return db.execute("INSERT INTO journal (job_uuid, kind, spec, created_s) VALUES (?,?,?,?)",
                               (job_uuid, kind, json.dumps(spec, sort_keys=True), time.time())).lastrowid
@@ -203,7 +207,50 @@ def _image(row: sqlite3.Row) -> ImageRecord:
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(row["uuid"], row["image_uuid"], row["volume_uuid"], row["state"],
+    return JobRecord(row["uuid"], row["volume_uuid"], row["state"],
                      json.loads(row["result"]) if row["result"] else None, row["http_status"],
                      json.loads(row["errors"]) if row["errors"] else [], row["created_s"], row["finished_s"],
                      json.loads(row["point_in_time"]) if row["point_in_time"] else None)
+
+
+class JobJournal:
+    """One job's artifact journal in the store (a zsagent.sinks.base.Journal).
+
+    ``scope()`` gives a journal that also remembers which of the entries are its own (``ids``): one per
+    destination and one for the source, so that a successful job hands exactly the published
+    destinations' entries to ``Store.put_image``.
+    """
+
+    def __init__(self, store: Store, job_uuid: str) -> None:
+        self.store = store
+        self.job_uuid = job_uuid
+
+    def record(self, kind: str, spec: dict[str, Any]) -> int:
+        return self.store.journal(self.job_uuid, kind, spec)
+
+    def forget(self, artifact_id: int) -> None:
+        self.store.clear_artifact(artifact_id)
+
+    def scope(self) -> JournalScope:
+        return JournalScope(self)
+
+
+class JournalScope:
+    """A view of a JobJournal that knows its own entries still in the journal: ``ids`` maps each to its
+    kind."""
+
+    def __init__(self, journal: JobJournal) -> None:
+        self.journal = journal
+        self.ids: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def record(self, kind: str, spec: dict[str, Any]) -> int:
+        artifact_id = self.journal.record(kind, spec)
+        with self._lock:
+            self.ids[artifact_id] = kind
+        return artifact_id
+
+    def forget(self, artifact_id: int) -> None:
+        self.journal.forget(artifact_id)
+        with self._lock:
+            self.ids.pop(artifact_id, None)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
@@ -129,9 +130,9 @@ class RbdEnv:
         return sum(e["length"] for e in json.loads(out) if e.get("exists", "true") in ("true", True))
 
 
-@pytest.fixture(scope="session", params=["fake", pytest.param("real", marks=pytest.mark.ceph)])
-def rbd_env(request, tmp_path_factory):
-    if request.param == "fake":
+@contextmanager
+def _make_rbd_env(kind, request, tmp_path_factory):
+    if kind == "fake":
         root = str(tmp_path_factory.mktemp("fake-ceph"))
         agent_ceph = {"backend": "fake", "fake_root": root}
         cli_env = conf = None
@@ -143,12 +144,32 @@ def rbd_env(request, tmp_path_factory):
     handle = backend.connect()
     pools = []
     for role in ("src", "dst"):
-        name = f"zst-{role}-{request.param}-{tmp_path_factory.getbasetemp().name[-6:]}"
+        name = f"zst-{role}-{kind}-{tmp_path_factory.getbasetemp().name[-6:]}"
         if not handle.pool_exists(name):
             handle.create_pool(name)
         pools.append(name)
     src, dst = (handle.open_ioctx(p) for p in pools)
-    yield RbdEnv(request.param, backend.rbd, handle, src, dst, pools[0], pools[1], cli_env, conf, agent_ceph)
-    src.close()
-    dst.close()
-    handle.shutdown()
+    try:
+        yield RbdEnv(kind, backend.rbd, handle, src, dst, pools[0], pools[1], cli_env, conf, agent_ceph)
+    finally:
+        src.close()
+        dst.close()
+        handle.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fake_rbd_env(request, tmp_path_factory):
+    with _make_rbd_env("fake", request, tmp_path_factory) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def real_rbd_env(request, tmp_path_factory):
+    with _make_rbd_env("real", request, tmp_path_factory) as env:
+        yield env
+
+
+@pytest.fixture(scope="session", params=["fake", pytest.param("real", marks=pytest.mark.ceph)])
+def rbd_env(request):
+    """A source and a destination pool, on the fake backend and on the real test cluster."""
+    return request.getfixturevalue(f"{request.param}_rbd_env")

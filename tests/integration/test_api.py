@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -344,7 +345,7 @@ def test_restart_keeps_records_and_cleans_interrupted_jobs(api):
     # what a crash mid-copy leaves: a journalled snapshot and .part image, and a running job
     store = api.agent.store
     ghost = uuid.uuid4().hex
-    store.add_job("f" * 32, ghost, vol)
+    store.add_job("f" * 32, vol)
     store.set_job_state("f" * 32, "running")
     store.journal("f" * 32, "rbd-snapshot", {"pool": env.src_pool, "image": vol, "snapshot": ghost})
     store.journal("f" * 32, "rbd-image", {"pool": env.dst_pool, "image": ghost + ".part"})
@@ -367,17 +368,18 @@ def test_requests_for_one_volume_are_serialized(api, monkeypatch):
     from zsagent import service as service_module
 
     intervals, lock = {}, threading.Lock()
-    original = service_module.copy_rbd_volume
+    original = service_module.open_source
 
-    def recording_copy(rbd, ioctx, volume, snapshot, *args, **kwargs):
+    @contextlib.contextmanager
+    def recording_open(volume, *args, **kwargs):
         start = time.monotonic()
         time.sleep(0.4)
-        result = original(rbd, ioctx, volume, snapshot, *args, **kwargs)
+        with original(volume, *args, **kwargs) as source:
+            yield source
         with lock:
-            intervals.setdefault(volume, []).append((start, time.monotonic()))
-        return result
+            intervals.setdefault(volume.image, []).append((start, time.monotonic()))
 
-    monkeypatch.setattr(service_module, "copy_rbd_volume", recording_copy)
+    monkeypatch.setattr(service_module, "open_source", recording_open)
     one, other = ceph_volume(env), ceph_volume(env)
     jobs = [api.post_create(v, headers={"Prefer": "respond-async"}).json()["location"] for v in (one, one, other)]
     for location in jobs:

@@ -9,12 +9,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import md5sum_file
 
+from zsagent.catalog import Volume
 from zsagent.copy.errors import AllSinksFailed, CopyCancelled, SourceError
-from zsagent.copy.pipeline import PipelineConfig
-from zsagent.rbd_copy import CephCopyMode, copy_rbd_volume, rbd_template_sink
+from zsagent.copy.pipeline import PipelineConfig, run_copy
+from zsagent.sinks.base import NO_JOURNAL
 from zsagent.sinks.raw_file import RawFileSink
-from zsagent.sinks.rbd_image import RbdImageSink
+from zsagent.sinks.rbd_image import RbdCloneSink, RbdImageSink
+from zsagent.sources.open import open_source
 from zsagent.sources.rbd_snapshot import RbdSnapshotSource
+from zsagent.storages.ceph import CephCopyMode
 
 KiB, MiB = 1024, 1024 * 1024
 CHUNK = 256 * KiB
@@ -61,10 +64,30 @@ def part_images(env):
     return [n for n in env.rbd.RBD().list(env.dst) if n.endswith(".part")]
 
 
+def template_sink(env, mode, volume, snapshot, name):
+    """What zsagent.storages.ceph makes for ``mode`` (a copy keeps the volume's object size)."""
+    if mode is CephCopyMode.COPY:
+        with env.rbd.Image(env.src, volume, read_only=True) as image:
+            order = image.stat()["order"]
+        return RbdImageSink(env.rbd, env.dst, env.dst_pool, name, order)
+    return RbdCloneSink(env.rbd, env.src, volume, snapshot, env.dst, env.dst_pool, name,
+                        flatten=mode is CephCopyMode.FLATTEN)
+
+
+def copy_volume(env, volume, snapshot, sinks, config=CONFIG, **kw):
+    """Snapshot ``volume`` as ``snapshot``, copy it into ``sinks``, release the snapshot (open_source)."""
+    with env.rbd.Image(env.src, volume, read_only=True) as image:
+        size = image.size()
+    found = Volume(volume, None, "ceph", size, pool=env.src_pool, image=volume)
+    backend = type("Backend", (), {"rbd": env.rbd})
+    with open_source(found, NO_JOURNAL, snapshot=snapshot, ceph=backend, cluster=env.cluster) as source:
+        return run_copy(source, sinks, config, **kw)
+
+
 def make_template(env, volume, mode=CephCopyMode.COPY, extra_sinks=(), config=CONFIG, **kw):
     template = new_name()
-    sink = rbd_template_sink(mode, env.rbd, env.src, volume, template, env.dst, env.dst_pool, template)
-    result = copy_rbd_volume(env.rbd, env.src, volume, template, [sink, *extra_sinks], config, **kw)
+    sink = template_sink(env, mode, volume, template, template)
+    result = copy_volume(env, volume, template, [sink, *extra_sinks], config, **kw)
     return template, result
 
 
@@ -207,13 +230,13 @@ def test_write_failure_at_chunk_k_leaves_nothing_behind(rbd_env, tmp_path, fail_
     sink.fail_at = fail_at
     raw = tmp_path / "bs" / "t.raw"
     with pytest.raises(AllSinksFailed, match="injected write error"):
-        copy_rbd_volume(env.rbd, env.src, volume, template, [sink, _BrokenRawSink(raw)], CONFIG)
+        copy_volume(env, volume, template, [sink, _BrokenRawSink(raw)])
     assert_nothing_left(env, volume, before)
     assert not (tmp_path / "bs").exists()
 
 
 class _BrokenRawSink(RawFileSink):
-    def commit(self):
+    def commit(self, content_md5=None):
         raise OSError(28, "No space left on device")
 
 
@@ -239,8 +262,9 @@ def test_a_failing_destination_does_not_stop_the_others(rbd_env, tmp_path):
     env = rbd_env
     volume = dense_volume(env)
     raw = tmp_path / "t.raw"
-    template, result = make_template(env, volume, extra_sinks=[_BrokenRawSink(raw)])
-    assert [f.sink for f in result.failed] == [str(raw)]
+    broken = _BrokenRawSink(raw)
+    template, result = make_template(env, volume, extra_sinks=[broken])
+    assert [f.sink for f in result.failed] == [broken] and [f.description for f in result.failed] == [str(raw)]
     assert result.md5 == env.export_md5(env.dst_pool, template)
     assert not raw.exists() and not (tmp_path / "t.raw.part").exists()
 
@@ -252,7 +276,7 @@ def test_existing_template_name_is_refused_and_kept(rbd_env):
     before = env.export_md5(env.dst_pool, template)
     sink = RbdImageSink(env.rbd, env.dst, env.dst_pool, template)
     with pytest.raises(AllSinksFailed, match="exists"):
-        copy_rbd_volume(env.rbd, env.src, volume, new_name(), [sink], CONFIG)
+        copy_volume(env, volume, new_name(), [sink])
     assert env.export_md5(env.dst_pool, template) == before
     assert_nothing_left(env, volume, env.export_md5(env.src_pool, volume))
 

@@ -245,7 +245,7 @@ def test_write_failure_in_the_writer_thread_fails_the_sink_and_leaves_nothing(tm
     finally:
         source.close()
     assert [p.install_path for p in result.published] == [str(good)]
-    assert [f.sink for f in result.failed] == [str(bad)]
+    assert [f.description for f in result.failed] == [str(bad)]
     assert "No space left" in str(result.failed[0])
     assert sorted(p.name for p in (tmp_path / "bs").iterdir()) == ["t.raw"]
 

@@ -149,7 +149,7 @@ def test_a_failing_converter_fails_alone_and_leaves_nothing(tmp_path):
     target = tmp_path / "bs" / "x" / "t.qcow2"
     source = MemorySource(b"\x07" * MiB)  # qemu-img cannot read it
     result = transfer(source, [sink], [ConvertedFile(target, ZSTD, SMALL)], SMALL)
-    assert sink.committed and [f.sink for f in result.failed] == [str(target)]
+    assert sink.committed and [f.description for f in result.failed] == [str(target)]
     assert "qemu-img cannot read" in str(result.failed[0])
     assert not (tmp_path / "bs").exists()
     with pytest.raises(AllSinksFailed):

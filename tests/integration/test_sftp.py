@@ -150,7 +150,7 @@ def test_empty_raw_template(tmp_path, sshd_server, settings, remote_dir):
 def test_stream_target_upload_md5_matches_md5sum_over_ssh(sshd_server, settings, remote_dir):
     data = os.urandom(3 * MiB + 4321)
     dst = f"{remote_dir}/images/t.qcow2"
-    target = SftpTarget(settings, dst, hash_md5=True)
+    target = SftpTarget(settings, dst)
     target.open()
     pos = 0
     for size in (1, 511, 64 * KiB, 261120, 261121, 1 * MiB + 3, len(data)):  # odd pieces, in order
@@ -159,7 +159,7 @@ def test_stream_target_upload_md5_matches_md5sum_over_ssh(sshd_server, settings,
     path, actual = target.commit()
 
     assert path == dst
-    assert remote_md5(sshd_server, dst) == hashlib.md5(data).hexdigest() == target.md5_hex
+    assert remote_md5(sshd_server, dst) == hashlib.md5(data).hexdigest()
     size, allocated = remote_size_and_allocated(sshd_server, dst)
     assert size == len(data)
     assert actual == allocated
@@ -168,7 +168,7 @@ def test_stream_target_upload_md5_matches_md5sum_over_ssh(sshd_server, settings,
 
 def test_stream_target_buffer_may_be_reused_after_write(sshd_server, settings, remote_dir):
     dst = f"{remote_dir}/t.bin"
-    target = SftpTarget(settings, dst, hash_md5=True)
+    target = SftpTarget(settings, dst)
     target.open()
     buf = bytearray(MiB)
     expected = hashlib.md5()
@@ -177,7 +177,45 @@ def test_stream_target_buffer_may_be_reused_after_write(sshd_server, settings, r
         expected.update(buf)
         target.write(buf)
     target.commit()
-    assert remote_md5(sshd_server, dst) == expected.hexdigest() == target.md5_hex
+    assert remote_md5(sshd_server, dst) == expected.hexdigest()
+
+
+def test_verified_raw_and_qcow2_uploads_hash_each_byte_once(tmp_path, sshd_server, settings, remote_dir, monkeypatch):
+    """With verify_md5 the server's md5sum is compared with the MD5 the copy already has: the agent hashes
+    the volume (raw) or the image file (qcow2) once, never a second time for the check."""
+    from zsagent.copy import pipeline
+    from zsagent.sinks import qcow2_stream
+    from zsagent.sinks.qcow2_stream import Qcow2StreamSink
+
+    hashed = []
+
+    def counting_md5(real):
+        def make(*args, **kwargs):
+            hasher = real(*args, **kwargs)
+            update, update_zeros = hasher.update, hasher.update_zeros
+            hasher = type("Counted", (), {"hexdigest": hasher.hexdigest, "copy": getattr(hasher, "copy", None),
+                                          "update": lambda self, b: (hashed.append(len(memoryview(b).cast("B"))),
+                                                                     update(b))[1],
+                                          "update_zeros": lambda self, n: (hashed.append(n), update_zeros(n))[1]})()
+            return hasher
+        return make
+
+    monkeypatch.setattr(pipeline, "new_md5", counting_md5(pipeline.new_md5))
+    monkeypatch.setattr(qcow2_stream, "new_md5", counting_md5(qcow2_stream.new_md5))
+    src = tmp_path / "vol.raw"
+    make_sparse_volume(src, 12 * MiB)
+    verified = dataclasses.replace(settings, verify_md5=True)
+    source = RawFileSource(src)
+    try:
+        raw = run_copy(source, [SftpRawSink(verified, f"{remote_dir}/t.raw")], SMALL)
+        assert sum(hashed) == 12 * MiB and raw.md5 == remote_md5(sshd_server, f"{remote_dir}/t.raw")
+        hashed.clear()
+        qcow2 = run_copy(source, [Qcow2StreamSink(SftpTarget(verified, f"{remote_dir}/t.qcow2"))], SMALL,
+                         hash_content=False)
+    finally:
+        source.close()
+    image_size = remote_size_and_allocated(sshd_server, f"{remote_dir}/t.qcow2")[0]
+    assert sum(hashed) == image_size and qcow2.published[0].md5 == remote_md5(sshd_server, f"{remote_dir}/t.qcow2")
 
 
 # ---------------------------------------------------------------- host keys and logins
@@ -453,13 +491,14 @@ def test_remote_md5_verification_catches_a_corrupt_upload(sshd_server, settings,
     dst = f"{remote_dir}/sub/t.bin"
     target = SftpTarget(dataclasses.replace(settings, verify_md5=True), dst)
     target.open()
-    target.write(os.urandom(3 * MiB))
+    data = os.urandom(3 * MiB)
+    target.write(data)
     for session in target._upload._sessions:  # every WRITE answered before the file is tampered with
         session.drain()
     part = shlex.quote(dst + ".part")
     rsh(sshd_server, "sh", "-c", f"printf X | dd of={part} bs=1 seek=1000 conv=notrunc status=none")
     with pytest.raises(Md5Mismatch, match="md5 of .*t.bin .* is [0-9a-f]{32}, but the bytes sent hash to"):
-        target.commit()
+        target.commit(expected_md5=hashlib.md5(data).hexdigest())
     assert remote_tree(sshd_server, remote_dir) == []  # the corrupt file and its directory are gone
 
 
@@ -469,8 +508,18 @@ def test_remote_md5_verification_passes_for_a_good_upload(sshd_server, settings,
     target = SftpTarget(dataclasses.replace(settings, verify_md5=True), dst)
     target.open()
     target.write(data)
-    path, actual = target.commit()
+    path, actual = target.commit(expected_md5=hashlib.md5(data).hexdigest())
     assert remote_md5(sshd_server, path) == hashlib.md5(data).hexdigest()
+
+
+def test_remote_md5_verification_needs_the_md5_of_what_was_sent(sshd_server, settings, remote_dir):
+    target = SftpTarget(dataclasses.replace(settings, verify_md5=True), f"{remote_dir}/sub/t.bin")
+    target.open()
+    target.write(b"x" * KiB)
+    with pytest.raises(ValueError, match="verify_md5 needs the MD5"):
+        target.commit()
+    target.abort()
+    assert remote_tree(sshd_server, remote_dir) == []
 
 
 def test_sftp_only_account_reports_the_logical_size(sshd_server, settings, remote_dir):
@@ -494,14 +543,14 @@ def wait_for(condition, timeout_s: float = 30) -> None:
 def test_flush_behind_fsyncs_the_part_while_the_upload_runs(sshd_server, settings, remote_dir):
     dst = f"{remote_dir}/t.bin"
     data = os.urandom(6 * MiB)
-    target = SftpTarget(dataclasses.replace(settings, flush_behind_bytes=MiB), dst, hash_md5=True)
+    target = SftpTarget(dataclasses.replace(settings, flush_behind_bytes=MiB), dst)
     target.open()
     target.write(data[:3 * MiB])
     flush = target._upload._flush
     wait_for(lambda: flush.flushes >= 1)  # its session connects at the first step
     target.write(data[3 * MiB:])
     target.commit()
-    assert remote_md5(sshd_server, dst) == hashlib.md5(data).hexdigest() == target.md5_hex
+    assert remote_md5(sshd_server, dst) == hashlib.md5(data).hexdigest()
     assert not flush._thread.is_alive()
 
 

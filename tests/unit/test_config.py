@@ -12,7 +12,7 @@ def test_the_annotated_example_is_a_valid_config():
     assert config.agent.listen == "127.0.0.1:7762"
     assert config.agent.max_jobs == 2
     assert [b.type for b in config.backup_storage] == ["ceph", "filesystem", "sftp"]
-    assert config.backup_storage[0].default and config.backup_storage[0].mode == "copy"
+    assert config.backup_storage[0].default and config.backup_storage[0].settings.mode == "copy"
     assert config.primary_storage[0].pools == ("zs-pri",)
     assert config.pipeline.chunk_bytes == 2 * 1024 * 1024 and config.pipeline.depth == 16
 
@@ -24,6 +24,7 @@ def write(tmp_path, text):
 
 
 BS = '[[backup_storage]]\nuuid = "1b8ab68b7e224a30aa31f00f1db2b5a6"\n'
+SFTP = BS + 'type = "sftp"\nprivate_key = "/k"\nknown_hosts = "/kh"\npath = "/bs"\n'
 BAD = [
     ("[agent]\nmax_jobs = 0\n", "agent.max_jobs: must be at least 1"),
     ("[agent]\nmax_jobs = \"two\"\n", "agent.max_jobs: must be int, not str"),
@@ -42,7 +43,17 @@ BAD = [
     (BS + 'type = "ceph"\npool = "p"\ncompression = "zstd"\n', "Ceph backup storage stores raw images only"),
     (BS + 'type = "filesystem"\npath = "/x"\ncompression = "lz4"\n', "backup_storage[0].compression: 'lz4'"),
     (BS + 'type = "filesystem"\npath = "/x"\nengine = "dd"\n', "backup_storage[0].engine: 'dd'"),
-    (BS + 'type = "filesystem"\npath = "/x"\nflush_behind_bytes = 4096\n', "flush_behind_bytes: 0 (off) or at least"),
+    (BS + 'type = "filesystem"\npath = "/x"\nflush_behind_bytes = 0\n',
+     "backup_storage[0].flush_behind_bytes: unknown key"),
+    (SFTP + 'hostname = "h"\nflush_behind_bytes = 4096\n', "backup_storage[0].flush_behind_bytes: 0 (off) or at least"),
+    # every kind's settings are checked when the file loads, not when a copy first uses them
+    (SFTP + 'hostname = "-oProxyCommand=x"\n', "backup_storage[0]: invalid SFTP hostname '-oProxyCommand=x'"),
+    (SFTP + 'hostname = "h"\nport = 70000\n', "backup_storage[0]: invalid SFTP port 70000"),
+    (SFTP + 'hostname = "h"\nconnections = 99\n', "backup_storage[0]: connections must be between 1 and 16"),
+    (SFTP + 'hostname = "h"\nusername = "a b"\n', "backup_storage[0]: invalid SFTP username"),
+    (SFTP + 'hostname = "h"\nverify_md5 = true\nremote_commands = false\n', "verify_md5 needs remote_commands"),
+    (SFTP.replace('path = "/bs"', 'path = "bs/../x"\nhostname = "h"'),
+     "backup_storage[0].path: 'bs/../x' is not an absolute"),
     ('[[backup_storage]]\nuuid = "ABC"\ntype = "ceph"\npool = "p"\n', "backup_storage[0].uuid: 'ABC' is not"),
     ('[[backup_storage]]\ntype = "ceph"\n', "backup_storage[0].uuid: required"),
     (BS + 'type = "sftp"\nhostname = "h"\npath = "/p"\n', "backup_storage[0].private_key: required"),

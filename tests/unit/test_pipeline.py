@@ -134,8 +134,8 @@ def test_one_failing_sink_is_dropped_and_the_other_still_publishes(sequential):
     good, bad = MemorySink("good"), MemorySink("bad", sequential=sequential, fail_at_write=2)
     result = run_copy(MemorySource(content), [good, bad], PipelineConfig(chunk_bytes=16 * KiB, depth=4))
     assert result.md5 == md5_bytes(content)
-    assert [p.install_path for p in result.published] == ["good"]
-    assert [f.sink for f in result.failed] == ["bad"]
+    assert [p.install_path for p in result.published] == ["good"] and result.published_by == [good]
+    assert [f.sink for f in result.failed] == [bad] and result.result_of(bad) is None
     assert good.committed and bytes(good.buf) == content
     assert bad.aborted and not bad.committed
 
@@ -144,7 +144,8 @@ def test_every_sink_failing_fails_the_copy():
     sinks = [MemorySink("a", fail_at_write=1), MemorySink("b", fail_commit=True)]
     with pytest.raises(AllSinksFailed) as info:
         run_copy(MemorySource(b"\x01" * (64 * KiB)), sinks, PipelineConfig(chunk_bytes=16 * KiB, depth=2))
-    assert {e.sink for e in info.value.errors} == {"a", "b"}
+    assert {e.description for e in info.value.errors} == {"a", "b"}
+    assert [e.sink for e in info.value.errors] == sinks
     assert all(s.aborted and not s.committed for s in sinks)
 
 
@@ -200,3 +201,19 @@ def test_content_hash_can_be_skipped_when_no_sink_needs_it():
     result = run_copy(MemorySource(content, [(0, 16 * KiB)]), [sink], PipelineConfig(chunk_bytes=16 * KiB),
                       hash_content=False)
     assert result.md5 is None and bytes(sink.buf[:16 * KiB]) == content[:16 * KiB] and sink.committed
+
+
+def test_sinks_with_the_same_description_stay_apart():
+    """Identity is the sink object: two destinations that print alike are never confused."""
+    content = b"\x05" * (64 * KiB)
+    twins = [MemorySink("sftp://root@h:22/backup/t.raw"), MemorySink("sftp://root@h:22/backup/t.raw", fail_commit=True)]
+    result = run_copy(MemorySource(content), twins, PipelineConfig(chunk_bytes=16 * KiB, depth=2))
+    assert result.published_by == [twins[0]] and [f.sink for f in result.failed] == [twins[1]]
+
+
+def test_commit_receives_the_content_md5_and_random_access_sinks_get_no_zero_calls():
+    content = bytes(32 * KiB) + b"\x03" * (32 * KiB)
+    sink, stream = MemorySink("a"), MemorySink("b", sequential=True)
+    result = run_copy(MemorySource(content), [sink, stream], PipelineConfig(chunk_bytes=16 * KiB, depth=2))
+    assert sink.content_md5 == stream.content_md5 == result.md5 == md5_bytes(content)
+    assert sink.zeros == [] and stream.zeros

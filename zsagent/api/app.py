@@ -15,9 +15,9 @@ from zsagent import errors
 from zsagent.api.query import parse_conditions
 from zsagent.auth import session_from_header
 from zsagent.errors import ErrorCode, ZsError
-from zsagent.jobs import JobManager
+from zsagent.jobs import Job, JobManager
 from zsagent.request import DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS, UUID_PATTERN, parse_body
-from zsagent.service import JobContext, TemplateService
+from zsagent.service import TemplateService
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +77,19 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
         if job_uuid is not None and not _JOB_UUID_RE.match(job_uuid):
             raise errors.invalid("X-Job-UUID must be 32 lowercase hex digits")
         body = await request.body()
-        context = JobContext(uuid=job_uuid) if job_uuid else JobContext()
-        location = f"{str(request.base_url).rstrip('/')}{API}/api-jobs/{context.uuid}"
+        job = Job(uuid=job_uuid, webhook=webhook) if job_uuid else Job(webhook=webhook)
+        location = f"{str(request.base_url).rstrip('/')}{API}/api-jobs/{job.uuid}"
         if job_uuid and jobs.exists(job_uuid):
             return JSONResponse({"location": location}, status_code=202)
 
-        def work(ctx: JobContext) -> dict[str, Any]:
+        # The session and the body are checked inside the job: ZStack answers those errors through the
+        # job too (a 202, then the failure on the poll), never as an immediate error to an async caller.
+        def work(running: Job) -> dict[str, Any]:
             account = sessions.account_of(session)
             create = parse_body(body, volumeUuid)
-            return service.create_template(create, account, ctx)
+            return service.create_template(create, account, running)
 
-        job = jobs.submit(context, work, volume_uuid=volumeUuid, webhook=webhook)
+        jobs.submit(job, work, volume_uuid=volumeUuid)
         if is_async:
             return JSONResponse({"location": location}, status_code=202)
         await asyncio.to_thread(job.done.wait)
