@@ -1,8 +1,9 @@
 """Volumes used by libvirt domains (zsagent.virt), on a real libvirtd with TCG domains and on the test driver.
 
-``libvirt_uri`` (session): ZSAGENT_TEST_LIBVIRT_URI when set, else qemu:///system with the daemons started
-by ``scripts/libvirt up`` (which starts nothing when libvirtd already answers) and stopped at the end.
+``libvirt_uri`` (session): ZSAGENT_TEST_LIBVIRT_URI when set, else a private libvirtd started by
+``scripts/libvirt up`` (its own socket, config and state in a temp dir) and stopped at the end.
 Without libvirt the tests skip, under CI=true they fail. The test-driver tests need only the binding.
+Tests that leave a domain as they found it share one (``idle_vm``); the others make their own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,35 @@ def qemu_dir():
     with qemu_reachable_dir() as path:
         (path / "run").mkdir(mode=0o755)
         yield path
+
+
+@dataclass(frozen=True)
+class SharedVm:
+    conn: object  # the module's connection, which made the domain
+    dom: object  # a running transient domain on disk alone
+    disk: Path  # guest_disk(dir)
+    dir: Path  # what qemu_dir is to the other tests: holds the disk and an empty "run"
+
+
+@pytest.fixture(scope="module")
+def shared_vm(libvirt_uri):
+    connection = open_connection(libvirt_uri)
+    try:
+        with qemu_reachable_dir() as path:
+            (path / "run").mkdir(mode=0o755)
+            disk = guest_disk(path)
+            with transient_domain(connection, domain_xml(unique("zst-shared"), disk)) as dom:
+                yield SharedVm(connection, dom, disk, path)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def idle_vm(shared_vm):
+    """The module's running domain, checked to be back on its disk with nothing of ours left: a test that
+    left it otherwise fails the next one at setup, not with a misleading assertion."""
+    assert_back_on(shared_vm.dom, shared_vm.disk, shared_vm.dir, {shared_vm.disk.name})
+    return shared_vm
 
 
 def guest_disk(qemu_dir: Path, fmt: str = "qcow2") -> Path:
@@ -449,41 +480,39 @@ def test_guest_agent_not_responding(conn, libvirt_uri, qemu_dir):
         assert_back_on(dom, disk, qemu_dir, {"disk.qcow2"})
 
 
-def test_two_views_of_one_domain_take_turns(conn, libvirt_uri, qemu_dir):
+def test_two_views_of_one_domain_take_turns(idle_vm, libvirt_uri):
     # A domain runs one backup job at a time: the second view waits for the first instead of failing.
-    disk = guest_disk(qemu_dir)
-    with transient_domain(conn, domain_xml(unique(), disk)) as dom:
-        order = []
-        first = open_point_in_time("file", disk, uri=libvirt_uri, runtime_dir=str(qemu_dir / "run"))
+    dom, disk, qemu_dir = idle_vm.dom, idle_vm.disk, idle_vm.dir
+    order = []
+    first = open_point_in_time("file", disk, uri=libvirt_uri, runtime_dir=str(qemu_dir / "run"))
 
-        def second_view():
-            with open_point_in_time("file", disk, uri=libvirt_uri, runtime_dir=str(qemu_dir / "run")):
-                order.append("second")
+    def second_view():
+        with open_point_in_time("file", disk, uri=libvirt_uri, runtime_dir=str(qemu_dir / "run")):
+            order.append("second")
 
-        with first:
-            thread = threading.Thread(target=second_view)
-            thread.start()
-            time.sleep(0.3)
-            order.append("first")
-        thread.join(timeout=60)
-        assert order == ["first", "second"]
-        assert_back_on(dom, disk, qemu_dir, {"disk.qcow2"})
+    with first:
+        thread = threading.Thread(target=second_view)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first")
+    thread.join(timeout=60)
+    assert order == ["first", "second"]
+    assert_back_on(dom, disk, qemu_dir, {"disk.qcow2"})
 
 
 # ---------------------------------------------------------------- undo after a crash (from the journal alone)
 
 
-def test_undo_of_an_abandoned_backup(conn, libvirt_uri, qemu_dir):
-    disk = guest_disk(qemu_dir)
-    with transient_domain(conn, domain_xml(unique(), disk)) as dom:
-        _, disks, vda = find_disk(conn, dom.UUIDString(), "vda")
-        journal = UndoJournal()
-        PullBackup(dom, disks, vda, uri=libvirt_uri, journal=journal, runtime_dir=str(qemu_dir / "run")).begin()
-        assert has_backup_job(dom)
-        [step] = journal.pending  # the agent "crashes" here; a new process undoes the step
-        undo_step(step.kind, step.spec)
-        undo_step(step.kind, step.spec)  # idempotent
-        assert_back_on(dom, disk, qemu_dir, {"disk.qcow2"})
+def test_undo_of_an_abandoned_backup(idle_vm, libvirt_uri):
+    dom, disk, qemu_dir = idle_vm.dom, idle_vm.disk, idle_vm.dir
+    _, disks, vda = find_disk(idle_vm.conn, dom.UUIDString(), "vda")
+    journal = UndoJournal()
+    PullBackup(dom, disks, vda, uri=libvirt_uri, journal=journal, runtime_dir=str(qemu_dir / "run")).begin()
+    assert has_backup_job(dom)
+    [step] = journal.pending  # the agent "crashes" here; a new process undoes the step
+    undo_step(step.kind, step.spec)
+    undo_step(step.kind, step.spec)  # idempotent
+    assert_back_on(dom, disk, qemu_dir, {"disk.qcow2"})
 
 
 @pytest.mark.parametrize("domain_state", ["running", "destroyed-transient", "destroyed-persistent"])
