@@ -61,15 +61,13 @@ def link_no_clobber(part: Path, final: Path) -> None:
 
 
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Make the directory's entries (a new name) durable."""
+    fsync_path(directory, os.O_DIRECTORY)
 
 
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def fsync_path(path: Path, flags: int = 0) -> None:
+    """Make a file that is not open here durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:

@@ -94,27 +94,28 @@ class _RbdPartImage:
                 log.exception("closing %s failed", self.part)
             self.image = None
         if self._created:
-            try:
-                self.rbd.RBD().remove(self.ioctx, self.part)
-            except self.rbd.ImageNotFound:
-                pass
-            except Exception:  # noqa: BLE001 - abort never raises; the journal retries later
-                log.exception("removing %s/%s failed", self.pool, self.part)
+            if not self._remove(self.part):
                 return
             self._created = False
         self._forget_part()
         if self._published:  # renamed, but the commit failed after that: it was never reported
-            try:
-                self.rbd.RBD().remove(self.ioctx, self.name)
-            except self.rbd.ImageNotFound:
-                pass
-            except Exception:  # noqa: BLE001 - abort never raises; the journal retries later
-                log.exception("removing %s/%s failed", self.pool, self.name)
+            if not self._remove(self.name):
                 return
             self._published = False
         if self._final_id is not None:
             self.journal.forget(self._final_id)
             self._final_id = None
+
+    def _remove(self, image: str) -> bool:
+        """Remove ``image`` (gone already is fine); False when that failed (its entry stays journalled)."""
+        try:
+            self.rbd.RBD().remove(self.ioctx, image)
+        except self.rbd.ImageNotFound:
+            pass
+        except Exception:  # noqa: BLE001 - abort never raises; the journal retries later
+            log.exception("removing %s/%s failed", self.pool, image)
+            return False
+        return True
 
 
 class RbdImageSink(_RbdPartImage):

@@ -16,7 +16,7 @@ from zsagent.sinks.file_stream import FileStreamTarget
 from zsagent.sinks.qcow2_stream import Qcow2StreamSink
 from zsagent.sinks.raw_file import RawFileSink
 from zsagent.storages.base import Destination, Finding, Runtime, TemplateJob
-from zsagent.storages.templates import COMPRESSIONS, ENGINES, FORMATS, FileTemplates, convert_options, template_path
+from zsagent.storages.templates import COMPRESSIONS, ENGINES, FORMATS, FileTemplates
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,7 @@ class FilesystemStorage:
 
     def destination(self, bs, job: TemplateJob, journal: Journal, runtime: Runtime) -> Destination:
         settings: FilesystemSettings = bs.settings
-        image_format = job.tags.format or settings.format
-        options = convert_options(bs.uuid, settings, image_format, job.tags.compression)
-        path = template_path(settings.path, job.account_uuid, job.image_uuid, image_format)
+        image_format, path, options = settings.plan(bs.uuid, job)
         ref = {"kind": self.name, "path": path, "root": settings.path}
         if options is not None:
             converter = ConvertedFile(path, options, job.pipeline, journal=journal, root=settings.path)

@@ -17,7 +17,7 @@ from zsagent.sinks.converted import ConvertedUpload
 from zsagent.sinks.qcow2_stream import Qcow2StreamSink
 from zsagent.sinks.sftp import SftpRawSink, SftpTarget
 from zsagent.storages.base import Destination, Finding, Runtime, TemplateJob
-from zsagent.storages.templates import COMPRESSIONS, ENGINES, FORMATS, FileTemplates, convert_options, template_path
+from zsagent.storages.templates import COMPRESSIONS, ENGINES, FORMATS, FileTemplates
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,7 @@ class SftpStorage:
 
     def destination(self, bs, job: TemplateJob, journal: Journal, runtime: Runtime) -> Destination:
         settings: SftpStorageSettings = bs.settings
-        image_format = job.tags.format or settings.format
-        options = convert_options(bs.uuid, settings, image_format, job.tags.compression)
-        path = template_path(settings.path, job.account_uuid, job.image_uuid, image_format)
+        image_format, path, options = settings.plan(bs.uuid, job)
         connection = settings.connection(int(job.tags.bandwidth) if job.tags.bandwidth else None)
         where = {"backupStorageUuid": bs.uuid, "root": settings.path}
         ref = {"kind": self.name, **where, "path": path}

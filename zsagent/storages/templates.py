@@ -39,6 +39,12 @@ class FileTemplates:
     def uses_qemu_img(self) -> bool:
         return self.compression != "none" or self.engine == "qemu-img"
 
+    def plan(self, bs_uuid: str, job) -> tuple[str, str, ConvertOptions | None]:
+        """(format, path, qemu-img options or None) of ``job``'s template here, tags taken into account."""
+        image_format = job.tags.format or self.format
+        options = convert_options(bs_uuid, self, image_format, job.tags.compression)
+        return image_format, template_path(self.path, job.account_uuid, job.image_uuid, image_format), options
+
 
 def convert_options(bs_uuid: str, templates: FileTemplates, image_format: str,
                     compression_tag: str | None) -> ConvertOptions | None:
