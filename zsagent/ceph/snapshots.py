@@ -4,9 +4,8 @@ clone still depends on them (ZStack's own agent leaves its snapshots behind; we 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+
+from zsagent.ceph.images import pool_ioctx
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +31,6 @@ def release_snapshot(rbd_module, ioctx, image: str, snapshot: str) -> bool:
             opened.unprotect_snap(snapshot)
         opened.remove_snap(snapshot)
     return True
-
-
-@contextmanager
-def pool_ioctx(backend, cluster, pool: str) -> Iterator[Any]:
-    """An ioctx on ``pool``, or None when the pool is gone (then there is nothing to remove)."""
-    try:
-        ioctx = cluster.open_ioctx(pool)
-    except backend.rados.ObjectNotFound:
-        yield None
-        return
-    with ioctx:
-        yield ioctx
-
-
-def remove_image(backend, cluster, pool: str, image: str) -> None:
-    """Remove ``pool/image``; nothing to do when it (or its pool) is gone."""
-    with pool_ioctx(backend, cluster, pool) as ioctx:
-        if ioctx is not None:
-            try:
-                backend.rbd.RBD().remove(ioctx, image)
-            except backend.rbd.ImageNotFound:
-                pass
 
 
 def forget_snapshot(backend, cluster, pool: str, image: str, snapshot: str) -> None:

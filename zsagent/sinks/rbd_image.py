@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Sequence
 
+from zsagent.ceph.images import data_ranges
 from zsagent.copy.extents import Extent
 from zsagent.sinks.base import NO_JOURNAL, PART_SUFFIX, Journal, SinkResult
 
@@ -20,17 +21,7 @@ JOURNAL_KIND = "ceph"
 
 def rbd_allocated_bytes(image) -> int:
     """Bytes the image itself has allocated (its parent's data not counted)."""
-    total = 0
-
-    def count(offset: int, length: int, exists: bool) -> int:
-        nonlocal total
-        if exists:
-            total += length
-        return 0
-
-    if image.size():  # librbd asserts on some zero-length diffs
-        image.diff_iterate(0, image.size(), None, count, include_parent=False, whole_object=False)
-    return total
+    return sum(length for _, length in data_ranges(image, include_parent=False))
 
 
 class _RbdPartImage:

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from zsagent.ceph.snapshots import forget_snapshot, remove_image
+from zsagent.ceph.images import remove_image
+from zsagent.ceph.snapshots import forget_snapshot
 from zsagent.sinks.base import Journal
 from zsagent.sinks.rbd_image import RbdCloneSink, RbdImageSink
 from zsagent.storages.base import Destination, Finding, Runtime, TemplateJob
