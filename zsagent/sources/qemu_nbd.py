@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 from zsagent.copy.extents import Extent
+from zsagent.sources.base import QemuInput
 from zsagent.sources.nbd_status import nbd_extents
 
 
@@ -28,7 +29,7 @@ class QemuNbdSource:
 
         self._nbd = nbd
         self.path = os.fspath(path)
-        self.qemu_input = (image_format, os.path.abspath(self.path))  # how qemu-img reads it (zsagent.qemu_img)
+        self.qemu_input: QemuInput | None = (image_format, os.path.abspath(self.path))
         self._dir = tempfile.mkdtemp(prefix="zsagent-nbd-")
         self._socket = os.path.join(self._dir, "nbd.sock")
         self._handles: list = []
