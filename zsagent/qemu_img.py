@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from zsagent.copy.errors import CopyCancelled
 from zsagent.copy.pipeline import PipelineConfig, run_copy
+from zsagent.processes import stop_process
 from zsagent.sources.base import QemuInput, Source  # QemuInput also importable from here, as it always was
 from zsagent.sources.raw_file import RawFileSource
 
@@ -123,7 +124,7 @@ def convert(qemu_input: QemuInput, output: str | os.PathLike[str], options: Conv
             if cancel.wait(_POLL_S):
                 raise CopyCancelled("qemu-img convert was cancelled")
     except BaseException:
-        _stop(process)
+        stop_process(process)
         raise
     finally:
         for reader in readers:
@@ -145,16 +146,6 @@ def _follow_progress(stream, progress: Callable[[float], None] | None) -> None:
             found = _PROGRESS_RE.search(line)
             if found and progress is not None:
                 progress(min(1.0, float(found.group(1)) / 100))
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def hash_file(path: str | os.PathLike[str], config: PipelineConfig | None = None,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 from zsagent.copy.extents import Extent
+from zsagent.processes import stop_process
 from zsagent.sources.base import QemuInput
 from zsagent.sources.nbd_status import nbd_extents
 
@@ -84,13 +85,7 @@ class QemuNbdSource:
         for handle in handles:
             with contextlib.suppress(Exception):  # the server goes away next anyway
                 handle.shutdown()
-        if self._server.poll() is None:
-            self._server.terminate()
-            try:
-                self._server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._server.kill()
-                self._server.wait()
+        stop_process(self._server)
         if self._server.stderr:
             self._server.stderr.close()
         shutil.rmtree(self._dir, ignore_errors=True)
