@@ -16,7 +16,7 @@ What happens on enter, by who uses the volume (``find_volume_users``), and the c
   ceph: ``take_rbd_snapshot()``; file: nothing, the source is None.                     -> "stopped"
 - ceph, one or more running/paused writers: fsFreeze each, ``take_rbd_snapshot()``, fsThaw (guaranteed,
   with a freeze timeout).                                      -> "quiesced" or "crash-consistent"
-- file, one running/paused writer: under fsFreeze/fsThaw, a pull-mode backup (source: NbdExportSource on
+- file, one running/paused writer: under fsFreeze/fsThaw, a pull-mode backup (source: NbdSource on
   QEMU's export), or when that is unavailable or ``method="snapshot"``, an external snapshot (source:
   QemuNbdSource on the now read-only base).                     -> "quiesced" or "crash-consistent"
 - file, several running writers (shareable disk): VolumeShared.
