@@ -46,6 +46,7 @@ from zsagent.virt.journal import UndoJournal
 from zsagent.virt.locks import domain_lock
 from zsagent.virt.overlay import DEFAULT_COMMIT_TIMEOUT_S, ExternalOverlay
 from zsagent.virt.quiesce import DEFAULT_FREEZE_TIMEOUT_S, QuiesceResult, frozen
+from zsagent.virt.undo import undo_all
 from zsagent.virt.usage import VolumeRef, VolumeUser, find_disk, users_on
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ class PointInTime:
             log.exception("volume %s: ending the point-in-time view failed", self.volume)
             errors.append(e)
         if self.journal.pending:
-            errors += self.journal.undo_all()
+            errors += undo_all(self.journal)
         if errors and not failed:
             raise VirtError(f"volume {self.volume}: could not put domain {self.report.domain} back as it was: "
                             f"{errors[0]}") from errors[0]
