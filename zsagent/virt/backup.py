@@ -26,7 +26,7 @@ from typing import Any
 
 from zsagent.sources.nbd import NbdSource
 from zsagent.virt.connection import error_code, libvirt_module, lookup_domain, open_connection
-from zsagent.virt.disks import DomainDisk, seclabel_owner
+from zsagent.virt.disks import DomainDisk, seclabel_owner, select_disk
 from zsagent.virt.errors import BackupUnsupported, VirtError
 from zsagent.virt.journal import BACKUP, UndoJournal, UndoStep
 
@@ -98,16 +98,9 @@ class PullBackup:
     def backup_xml(self) -> str:
         root = ET.Element("domainbackup", mode="pull")
         ET.SubElement(root, "server", transport="unix", socket=self.socket)
-        disks = ET.SubElement(root, "disks")
-        for disk in self.disks:
-            if not disk.target:
-                continue
-            if disk.target != self.disk.target:
-                ET.SubElement(disks, "disk", name=disk.target, backup="no")
-                continue
-            node = ET.SubElement(disks, "disk", name=disk.target, backup="yes", type="file",
-                                 exportname=disk.target)
-            ET.SubElement(node, "scratch", file=self.scratch)
+        node = select_disk(root, self.disks, self.disk.target, "backup", "yes", type="file",
+                           exportname=self.disk.target)
+        ET.SubElement(node, "scratch", file=self.scratch)
         return ET.tostring(root, encoding="unicode")
 
     def source(self) -> NbdSource:

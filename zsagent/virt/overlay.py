@@ -30,7 +30,7 @@ from typing import Any
 
 from zsagent.sources.qemu_nbd import QemuNbdSource
 from zsagent.virt.connection import error_code, libvirt_module, lookup_domain, open_connection
-from zsagent.virt.disks import DomainDisk, parse_disks
+from zsagent.virt.disks import DomainDisk, parse_disks, select_disk
 from zsagent.virt.errors import VirtError
 from zsagent.virt.journal import OVERLAY, UndoJournal, UndoStep
 
@@ -73,16 +73,9 @@ class ExternalOverlay:
 
     def snapshot_xml(self) -> str:
         root = ET.Element("domainsnapshot")
-        disks = ET.SubElement(root, "disks")
-        for disk in self.disks:
-            if not disk.target:
-                continue
-            if disk.target != self.disk.target:
-                ET.SubElement(disks, "disk", name=disk.target, snapshot="no")
-                continue
-            node = ET.SubElement(disks, "disk", name=disk.target, snapshot="external", type="file")
-            ET.SubElement(node, "driver", type="qcow2")
-            ET.SubElement(node, "source", file=self.overlay)
+        node = select_disk(root, self.disks, self.disk.target, "snapshot", "external", type="file")
+        ET.SubElement(node, "driver", type="qcow2")
+        ET.SubElement(node, "source", file=self.overlay)
         return ET.tostring(root, encoding="unicode")
 
     def create(self) -> None:
