@@ -45,6 +45,7 @@ class MemorySource:
                  read_delay_s: float = 0.0) -> None:
         self.data = data
         self.size = len(data)
+        self.qemu_input = None  # qemu-img cannot read memory
         ranges = [(0, self.size)] if data_ranges is None else data_ranges
         self._extents = [Extent(o, n, Kind.DATA) for o, n in ranges] + [
             Extent(o, n, Kind.ZERO) for o, n in zero_ranges]

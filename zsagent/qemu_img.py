@@ -10,8 +10,9 @@ the reference the streaming writer is measured against. Two passes instead of on
 from qemu-img's ``-p`` output. The converted file is then delivered by the caller (published in place,
 or uploaded from a spool directory).
 
-Sources name themselves for qemu with a ``qemu_input`` attribute: (format, filename), e.g.
-("qcow2", "/ps/vol.qcow2"), ("raw", "rbd:pool/image@snap:conf=..."), ("raw", "nbd+unix:///vda?socket=...").
+Sources name themselves for qemu with ``Source.qemu_input`` (a QemuInput, zsagent.sources.base): (format,
+filename), e.g. ("qcow2", "/ps/vol.qcow2"), ("raw", "rbd:pool/image@snap:conf=..."); None when qemu-img
+cannot read them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 
 from zsagent.copy.errors import CopyCancelled
 from zsagent.copy.pipeline import PipelineConfig, run_copy
+from zsagent.processes import stop_process
+from zsagent.sources.base import QemuInput, Source  # QemuInput also importable from here, as it always was
 from zsagent.sources.raw_file import RawFileSource
 
 COMPRESSIONS = ("zstd", "zlib")
@@ -33,10 +36,6 @@ COROUTINES = 8
 """qemu-img's ``-m``: parallel requests (its maximum is 16)."""
 _PROGRESS_RE = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _POLL_S = 0.1
-
-QemuInput = tuple[str, str]
-"""(format, filename) as qemu-img's ``-f`` and source argument take them."""
-
 
 class EngineUnavailable(Exception):
     """qemu-img cannot read this source (e.g. a volume of the fake Ceph backend)."""
@@ -66,9 +65,9 @@ class ConvertOptions:
             raise ValueError("coroutines must be between 1 and 16")
 
 
-def qemu_input_of(source) -> QemuInput:
+def qemu_input_of(source: Source) -> QemuInput:
     """How qemu-img reads ``source``; EngineUnavailable when it cannot."""
-    found = getattr(source, "qemu_input", None)
+    found = source.qemu_input
     if found is None:
         raise EngineUnavailable(f"qemu-img cannot read this volume ({type(source).__name__}: only real Ceph, "
                                 "file volumes and NBD exports)")
@@ -125,7 +124,7 @@ def convert(qemu_input: QemuInput, output: str | os.PathLike[str], options: Conv
             if cancel.wait(_POLL_S):
                 raise CopyCancelled("qemu-img convert was cancelled")
     except BaseException:
-        _stop(process)
+        stop_process(process)
         raise
     finally:
         for reader in readers:
@@ -147,16 +146,6 @@ def _follow_progress(stream, progress: Callable[[float], None] | None) -> None:
             found = _PROGRESS_RE.search(line)
             if found and progress is not None:
                 progress(min(1.0, float(found.group(1)) / 100))
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def hash_file(path: str | os.PathLike[str], config: PipelineConfig | None = None,

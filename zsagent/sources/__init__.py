@@ -1,5 +1,5 @@
 """Point-in-time, read-only views of a volume that the pipeline reads from."""
 
-from zsagent.sources.base import Source
+from zsagent.sources.base import QemuInput, Source
 
-__all__ = ["Source"]
+__all__ = ["QemuInput", "Source"]

@@ -7,6 +7,10 @@ from typing import Protocol
 
 from zsagent.copy.extents import Extent
 
+QemuInput = tuple[str, str]
+"""(format, filename) as qemu-img's ``-f`` and source argument take them, e.g. ("qcow2", "/ps/vol.qcow2"),
+("raw", "rbd:pool/image@snap:conf=..."), ("raw", "nbd+unix:///vda?socket=...")."""
+
 
 class Source(Protocol):
     """A read-only, point-in-time view of a volume.
@@ -14,9 +18,12 @@ class Source(Protocol):
     ``size``: virtual size in bytes. ``extents()``: the allocation map, in offset order (gaps are taken
     as holes). ``read()`` returns exactly ``length`` bytes and must be safe to call from several threads
     at once. ``close()`` releases everything the source opened or started.
+    ``qemu_input``: how qemu-img reads the same bytes (the qemu-img engine, zsagent.qemu_img); None: qemu-img
+    cannot read this source (e.g. a volume of the fake Ceph backend).
     """
 
     size: int
+    qemu_input: QemuInput | None
 
     def extents(self) -> Iterable[Extent]: ...
 

@@ -1,96 +1,78 @@
 """A qcow2 (or any qemu-readable) image with its backing chain, served by ``qemu-nbd --read-only``.
 
-qemu resolves the chain, compression and zero clusters; we read it over a unix socket with libnbd, one
-connection per read thread, and take the allocation map from NBD block status (base:allocation).
+qemu resolves the chain, compression and zero clusters; an NbdSource reads the export over a unix socket
+(one libnbd connection per read thread, the allocation map from NBD block status).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 
 from zsagent.copy.extents import Extent
-from zsagent.sources.nbd_status import nbd_extents
+from zsagent.processes import stop_process
+from zsagent.sources.base import QemuInput
+from zsagent.sources.nbd import NbdSource
 
 
 class QemuNbdSource:
-    """Serve ``path`` read-only with qemu-nbd (at most ``connections`` clients) and read it."""
+    """Serve ``path`` (in ``image_format``) read-only with qemu-nbd for at most ``connections`` reading
+    threads, and read it as an NbdSource.
+
+    ``qemu_input`` names the image file itself, not the export: the qemu-img engine reads the chain directly.
+    ``close()`` disconnects, stops qemu-nbd and removes its socket directory.
+    """
 
     def __init__(self, path: str | os.PathLike[str], image_format: str = "qcow2", connections: int = 8,
                  start_timeout_s: float = 10.0) -> None:
-        import nbd  # Debian's python3-libnbd; imported here so that other sources work without it
-
-        self._nbd = nbd
         self.path = os.fspath(path)
-        self.qemu_input = (image_format, os.path.abspath(self.path))  # how qemu-img reads it (zsagent.qemu_img)
+        self.qemu_input: QemuInput | None = (image_format, os.path.abspath(self.path))
         self._dir = tempfile.mkdtemp(prefix="zsagent-nbd-")
         self._socket = os.path.join(self._dir, "nbd.sock")
-        self._handles: list = []
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        argv = ["qemu-nbd", "--read-only", "--persistent", f"--shared={connections + 1}",
+        self._server: subprocess.Popen | None = None
+        self._export: NbdSource | None = None
+        argv = ["qemu-nbd", "--read-only", "--persistent", f"--shared={connections + 1}",  # + the main handle
                 f"--socket={self._socket}", f"--format={image_format}", self.path]
-        self._server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
         try:
-            self._main = self._connect_when_ready(start_timeout_s)
-            self.size = self._main.get_size()
+            self._server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE)
+            self._export = self._connect_when_ready(self._server, start_timeout_s)
         except BaseException:
             self.close()
             raise
+        self.size = self._export.size
 
-    def _connect_when_ready(self, timeout_s: float):
+    def _connect_when_ready(self, server: subprocess.Popen, timeout_s: float) -> NbdSource:
+        import nbd  # Debian's python3-libnbd, for its error type (NbdSource imports it the same way)
+
         deadline = time.monotonic() + timeout_s
         while True:
-            if self._server.poll() is not None:
-                err = self._server.stderr.read().decode(errors="replace").strip()
+            if server.poll() is not None:
+                err = server.stderr.read().decode(errors="replace").strip()
                 raise OSError(f"qemu-nbd could not open {self.path}: {err or 'exited'}")
             if os.path.exists(self._socket):
                 try:
-                    return self._connect()
-                except self._nbd.Error:
-                    pass
+                    return NbdSource(self._socket)
+                except nbd.Error:
+                    pass  # bound but not yet listening
             if time.monotonic() > deadline:
                 raise TimeoutError(f"qemu-nbd did not start serving {self.path} within {timeout_s} s")
             time.sleep(0.02)
 
-    def _connect(self):
-        handle = self._nbd.NBD()
-        handle.add_meta_context(self._nbd.CONTEXT_BASE_ALLOCATION)
-        handle.connect_unix(self._socket)
-        with self._lock:
-            self._handles.append(handle)
-        return handle
-
     def extents(self) -> Iterator[Extent]:
-        return nbd_extents(self._nbd, self._main, self.size)
+        return self._export.extents()
 
     def read(self, offset: int, length: int) -> bytes:
-        handle = getattr(self._local, "handle", None)
-        if handle is None:
-            handle = self._local.handle = self._connect()
-        return handle.pread(length, offset)
+        return self._export.read(offset, length)
 
     def close(self) -> None:
-        with self._lock:
-            handles, self._handles = self._handles, []
-        for handle in handles:
-            with contextlib.suppress(Exception):  # the server goes away next anyway
-                handle.shutdown()
-        if self._server.poll() is None:
-            self._server.terminate()
-            try:
-                self._server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._server.kill()
-                self._server.wait()
-        if self._server.stderr:
+        if self._export is not None:
+            self._export.close()
+        if self._server is not None:
+            stop_process(self._server)
             self._server.stderr.close()
         shutil.rmtree(self._dir, ignore_errors=True)
-

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 
 from zsagent.copy.extents import Extent, covering
+from zsagent.sources.base import QemuInput
 
 
 class RawFileSource:
@@ -14,7 +15,7 @@ class RawFileSource:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self.qemu_input = ("raw", os.path.abspath(self.path))  # how qemu-img reads it (zsagent.qemu_img)
+        self.qemu_input: QemuInput | None = ("raw", os.path.abspath(self.path))
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self.size = os.lseek(self._fd, 0, os.SEEK_END)

@@ -5,17 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from zsagent.copy.extents import Extent, covering
+from zsagent.sources.base import QemuInput
 
 
 class RbdSnapshotSource:
     """``pool/image@snapshot`` opened read-only through ``rbd_module`` (real or fake).
 
     Clones report their parents' data too (``include_parent=True``), so a clone's template is complete.
-    ``qemu_input``: how qemu-img names the same snapshot (see zsagent.qemu_img), when it can read it.
+    ``qemu_input``: how qemu-img names the same snapshot (see Source), None when it cannot read it (the fake
+    backend).
     """
 
     def __init__(self, rbd_module, ioctx, image: str, snapshot: str,
-                 qemu_input: tuple[str, str] | None = None) -> None:
+                 qemu_input: QemuInput | None = None) -> None:
         self.qemu_input = qemu_input
         self._image = rbd_module.Image(ioctx, image, snapshot=snapshot, read_only=True)
         self.size = self._image.size()

@@ -7,20 +7,21 @@ pull-mode backup (NBD export of the disk as it was), or, where that is not avail
 snapshot that is committed back afterwards. Entry point: ``open_point_in_time`` (point_in_time.py).
 
 Modules: usage (who uses a volume), disks (domain XML), quiesce (freeze/thaw), backup (pull-mode backup),
-overlay (external snapshot + active commit), nbd_export (Source over an NBD export), journal (undo
-steps), locks (per-domain), connection (libvirt connections and event loop).
+overlay (external snapshot + active commit), journal (undo steps), undo (undoing them), locks
+(per-domain), connection (libvirt connections and event loop). The sources these views yield live in
+zsagent.sources: NbdSource (QEMU's backup export) and QemuNbdSource (the base under an external snapshot).
 """
 
 from zsagent.virt.connection import DEFAULT_URI
 from zsagent.virt.disks import DiskLayer, DomainDisk, parse_disks
 from zsagent.virt.errors import BackupUnsupported, QuiesceRequired, VirtError, VolumeShared
-from zsagent.virt.journal import UndoJournal, UndoStep, undo_step
-from zsagent.virt.nbd_export import NbdExportSource
+from zsagent.virt.journal import UndoJournal, UndoStep
 from zsagent.virt.point_in_time import Consistency, Method, PointInTime, PointInTimeReport, open_point_in_time
+from zsagent.virt.undo import undo_step
 from zsagent.virt.usage import VolumeRef, VolumeUser, find_volume_users
 
 __all__ = [
-    "DEFAULT_URI", "BackupUnsupported", "Consistency", "DiskLayer", "DomainDisk", "Method", "NbdExportSource",
-    "PointInTime", "PointInTimeReport", "QuiesceRequired", "UndoJournal", "UndoStep", "VirtError", "VolumeRef",
-    "VolumeShared", "VolumeUser", "find_volume_users", "open_point_in_time", "parse_disks", "undo_step",
+    "DEFAULT_URI", "BackupUnsupported", "Consistency", "DiskLayer", "DomainDisk", "Method", "PointInTime",
+    "PointInTimeReport", "QuiesceRequired", "UndoJournal", "UndoStep", "VirtError", "VolumeRef", "VolumeShared",
+    "VolumeUser", "find_volume_users", "open_point_in_time", "parse_disks", "undo_step",
 ]

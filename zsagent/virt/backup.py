@@ -2,8 +2,8 @@
 
 ``backupBegin`` with ``<domainbackup mode='pull'>`` makes QEMU copy each block the guest is about to
 overwrite into a scratch file first (copy-before-write), and serve the disk as it was at backupBegin on an
-NBD unix socket, whose export is read by an ``NbdExportSource``. ``end()`` aborts the job (libvirt then
-removes the socket and the scratch file, a moment later) and removes whatever is left.
+NBD unix socket, whose export is read by an ``NbdSource`` (zsagent.sources.nbd). ``end()`` aborts the job
+(libvirt then removes the socket and the scratch file, a moment later) and removes whatever is left.
 
 Where the files go: the socket in a new directory under ``runtime_dir`` owned by the user QEMU runs as
 (from the domain's DAC seclabel, else libvirt-qemu), because QEMU binds the socket itself; the path must
@@ -24,11 +24,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from zsagent.sources.nbd import NbdSource
 from zsagent.virt.connection import error_code, libvirt_module, lookup_domain, open_connection
-from zsagent.virt.disks import DomainDisk, seclabel_owner
+from zsagent.virt.disks import DomainDisk, seclabel_owner, select_disk
 from zsagent.virt.errors import BackupUnsupported, VirtError
 from zsagent.virt.journal import BACKUP, UndoJournal, UndoStep
-from zsagent.virt.nbd_export import NbdExportSource
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class PullBackup:
         self.socket: str | None = None
         self.scratch: str | None = None
         self.step: UndoStep | None = None
-        self._source: NbdExportSource | None = None
+        self._source: NbdSource | None = None
 
     def begin(self) -> None:
         """Start the job: from now on the export shows the disk as it is at this moment."""
@@ -98,22 +98,15 @@ class PullBackup:
     def backup_xml(self) -> str:
         root = ET.Element("domainbackup", mode="pull")
         ET.SubElement(root, "server", transport="unix", socket=self.socket)
-        disks = ET.SubElement(root, "disks")
-        for disk in self.disks:
-            if not disk.target:
-                continue
-            if disk.target != self.disk.target:
-                ET.SubElement(disks, "disk", name=disk.target, backup="no")
-                continue
-            node = ET.SubElement(disks, "disk", name=disk.target, backup="yes", type="file",
-                                 exportname=disk.target)
-            ET.SubElement(node, "scratch", file=self.scratch)
+        node = select_disk(root, self.disks, self.disk.target, "backup", "yes", type="file",
+                           exportname=self.disk.target)
+        ET.SubElement(node, "scratch", file=self.scratch)
         return ET.tostring(root, encoding="unicode")
 
-    def source(self) -> NbdExportSource:
+    def source(self) -> NbdSource:
         """The export as a Source (one per backup; closed by ``end()``)."""
         if self._source is None:
-            self._source = NbdExportSource(self.socket, self.disk.target)
+            self._source = NbdSource(self.socket, self.disk.target)
         return self._source
 
     def end(self) -> None:

@@ -9,7 +9,7 @@ given). Anything else is kept with ``kind`` set to what the XML says, so it matc
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 VolumeResolver = Callable[[str, str], str | None]
@@ -108,6 +108,26 @@ def _layer(node: ET.Element, fmt: str, resolve_volume: VolumeResolver | None) ->
         path = resolve_volume(pool, volume) if resolve_volume and pool and volume else None
         return DiskLayer("file", path=path, format=fmt) if path else DiskLayer("volume", format=fmt)
     return DiskLayer(kind, format=fmt)
+
+
+def select_disk(parent: ET.Element, disks: Iterable[DomainDisk], target: str, mode: str, value: str,
+                **attributes: str) -> ET.Element:
+    """Add to ``parent`` (a ``<domainbackup>`` or ``<domainsnapshot>``) the ``<disks>`` list that takes
+    only disk ``target``: it gets ``mode=value`` and ``attributes``, every other disk with a target
+    ``mode="no"`` (a disk left out would get libvirt's default mode). Returns the ``<disk>`` of ``target``,
+    for its children; ValueError when ``disks`` has no such target."""
+    listed = ET.SubElement(parent, "disks")
+    chosen = None
+    for disk in disks:
+        if not disk.target:
+            continue
+        if disk.target == target:
+            chosen = ET.SubElement(listed, "disk", {"name": disk.target, mode: value, **attributes})
+        else:
+            ET.SubElement(listed, "disk", {"name": disk.target, mode: "no"})
+    if chosen is None:
+        raise ValueError(f"no disk {target!r} among the domain's disks")
+    return chosen
 
 
 def seclabel_owner(domain_xml: str) -> tuple[int, int] | None:

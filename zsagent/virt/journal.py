@@ -8,8 +8,8 @@ is the shape of the service's artifact journal:
     journal = UndoJournal(record=lambda kind, spec: store.journal(job_uuid, kind, spec),
                           clear=store.clear_artifact)
 
-and after a restart ``undo_step(kind, spec)`` undoes a recorded step. Undo is idempotent: it looks at
-the domain first and does only what is still needed.
+and after a restart ``undo_step(kind, spec)`` (undo.py) undoes a recorded step. Undo is idempotent: it
+looks at the domain first and does only what is still needed.
 
 Kinds:
   virt-fsfreeze  the guest's filesystems were (being) frozen: undo thaws them.
@@ -22,13 +22,10 @@ Kinds:
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 FSFREEZE = "virt-fsfreeze"
 BACKUP = "virt-backup"
@@ -80,34 +77,3 @@ class UndoJournal:
         """Steps not undone yet, oldest first (a copy)."""
         with self._lock:
             return list(self._steps)
-
-    def undo_all(self) -> list[BaseException]:
-        """Undo every pending step, newest first; returns the errors of the steps that stay pending."""
-        errors = []
-        for step in reversed(self.pending):
-            try:
-                undo_step(step.kind, step.spec)
-            except Exception as e:  # noqa: BLE001 - the step stays pending; the next undo retries
-                log.exception("could not undo %s %s", step.kind, step.spec)
-                errors.append(e)
-                continue
-            self.done(step)
-        return errors
-
-
-def undo_step(kind: str, spec: dict[str, Any]) -> None:
-    """Undo one recorded step (idempotent). Raises when it cannot be undone now (libvirt down, ...)."""
-    if kind == FSFREEZE:
-        from zsagent.virt.quiesce import undo_freeze
-
-        undo_freeze(spec)
-    elif kind == BACKUP:
-        from zsagent.virt.backup import undo_backup
-
-        undo_backup(spec)
-    elif kind == OVERLAY:
-        from zsagent.virt.overlay import undo_overlay
-
-        undo_overlay(spec)
-    else:
-        raise ValueError(f"unknown undo step kind {kind!r}")

@@ -28,8 +28,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from zsagent.sources.qemu_nbd import QemuNbdSource
 from zsagent.virt.connection import error_code, libvirt_module, lookup_domain, open_connection
-from zsagent.virt.disks import DomainDisk, parse_disks
+from zsagent.virt.disks import DomainDisk, parse_disks, select_disk
 from zsagent.virt.errors import VirtError
 from zsagent.virt.journal import OVERLAY, UndoJournal, UndoStep
 
@@ -63,7 +64,7 @@ class ExternalOverlay:
                                     f"{os.path.basename(self.base)}.zsagent-overlay-{secrets.token_hex(4)}.qcow2")
         self.commit_timeout_s = commit_timeout_s
         self.step: UndoStep | None = None
-        self._source = None
+        self._source: QemuNbdSource | None = None
 
     def spec(self) -> dict[str, Any]:
         return {"uri": self.uri, "domain_uuid": self.dom.UUIDString(), "domain": self.dom.name(),
@@ -72,16 +73,9 @@ class ExternalOverlay:
 
     def snapshot_xml(self) -> str:
         root = ET.Element("domainsnapshot")
-        disks = ET.SubElement(root, "disks")
-        for disk in self.disks:
-            if not disk.target:
-                continue
-            if disk.target != self.disk.target:
-                ET.SubElement(disks, "disk", name=disk.target, snapshot="no")
-                continue
-            node = ET.SubElement(disks, "disk", name=disk.target, snapshot="external", type="file")
-            ET.SubElement(node, "driver", type="qcow2")
-            ET.SubElement(node, "source", file=self.overlay)
+        node = select_disk(root, self.disks, self.disk.target, "snapshot", "external", type="file")
+        ET.SubElement(node, "driver", type="qcow2")
+        ET.SubElement(node, "source", file=self.overlay)
         return ET.tostring(root, encoding="unicode")
 
     def create(self) -> None:
@@ -102,10 +96,8 @@ class ExternalOverlay:
         log.info("domain %s disk %s: external snapshot in %.3f s, guest writes go to %s", self.dom.name(),
                  self.disk.target, time.monotonic() - began, self.overlay)
 
-    def source(self, connections: int = 8):
+    def source(self, connections: int = 8) -> QemuNbdSource:
         """The base (with its backing chain) as a Source, served read-only by qemu-nbd."""
-        from zsagent.sources.qemu_nbd import QemuNbdSource
-
         if self._source is None:
             self._source = QemuNbdSource(self.base, self.base_format, connections=connections)
         return self._source

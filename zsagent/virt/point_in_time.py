@@ -16,7 +16,7 @@ What happens on enter, by who uses the volume (``find_volume_users``), and the c
   ceph: ``take_rbd_snapshot()``; file: nothing, the source is None.                     -> "stopped"
 - ceph, one or more running/paused writers: fsFreeze each, ``take_rbd_snapshot()``, fsThaw (guaranteed,
   with a freeze timeout).                                      -> "quiesced" or "crash-consistent"
-- file, one running/paused writer: under fsFreeze/fsThaw, a pull-mode backup (source: NbdExportSource on
+- file, one running/paused writer: under fsFreeze/fsThaw, a pull-mode backup (source: NbdSource on
   QEMU's export), or when that is unavailable or ``method="snapshot"``, an external snapshot (source:
   QemuNbdSource on the now read-only base).                     -> "quiesced" or "crash-consistent"
 - file, several running writers (shareable disk): VolumeShared.
@@ -46,6 +46,7 @@ from zsagent.virt.journal import UndoJournal
 from zsagent.virt.locks import domain_lock
 from zsagent.virt.overlay import DEFAULT_COMMIT_TIMEOUT_S, ExternalOverlay
 from zsagent.virt.quiesce import DEFAULT_FREEZE_TIMEOUT_S, QuiesceResult, frozen
+from zsagent.virt.undo import undo_all
 from zsagent.virt.usage import VolumeRef, VolumeUser, find_disk, users_on
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ class PointInTime:
             log.exception("volume %s: ending the point-in-time view failed", self.volume)
             errors.append(e)
         if self.journal.pending:
-            errors += self.journal.undo_all()
+            errors += undo_all(self.journal)
         if errors and not failed:
             raise VirtError(f"volume {self.volume}: could not put domain {self.report.domain} back as it was: "
                             f"{errors[0]}") from errors[0]
