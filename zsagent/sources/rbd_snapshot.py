@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from zsagent.ceph.images import data_ranges
 from zsagent.copy.extents import Extent, covering
 from zsagent.sources.base import QemuInput
 
@@ -23,16 +24,7 @@ class RbdSnapshotSource:
         self.size = self._image.size()
 
     def extents(self) -> Iterator[Extent]:
-        ranges: list[tuple[int, int]] = []
-
-        def on_extent(offset: int, length: int, exists: bool) -> int:
-            if exists:
-                ranges.append((offset, length))
-            return 0
-
-        if self.size:  # librbd asserts on some zero-length diffs; an empty image has no extents anyway
-            self._image.diff_iterate(0, self.size, None, on_extent, include_parent=True, whole_object=False)
-        return covering(self.size, ranges)
+        return covering(self.size, data_ranges(self._image, include_parent=True))
 
     def read(self, offset: int, length: int) -> bytes:
         return self._image.read(offset, length)
