@@ -1,9 +1,13 @@
 """Jobs: every create request runs as one, synchronous callers just wait for it.
 
 A job's life: ``queued`` (waiting for its volume or for a copy slot) -> ``running`` (a slot is taken) ->
-``done`` | ``failed`` | ``cancelled``. The store holds the same state. A job's result stays pollable for
-``retention_s`` after it ends (ZStack keeps them 3 h), then it is forgotten. A web hook, when given, gets
-the result POSTed with ``X-Job-UUID`` and ``X-Job-Success``.
+``done`` | ``failed`` | ``cancelled``. The store holds the same state. A job's answer is ZStack's
+ApiResponse: the event's fields on success (``{"inventory": ...}``, ``{}`` for a delete), ``{"error":
+ErrorCode}`` on failure (zstackio/zstack rest/src/main/java/org/zstack/rest/ApiResponse.java; RestServer.java
+handleJobQuery l.705-740: no "success" key). It stays pollable for ``retention_s`` after it ends (ZStack
+keeps them 3 h), then it is forgotten. A web hook, when given, gets the same body POSTed with
+``X-Job-UUID`` and ``X-Job-Success`` (RestServer.java callWebHook l.322-350). A job that outlives its
+``timeout_s`` (ZStack's API timeout) is cancelled, cleaned up by its work, and fails with SYS.1001.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ class Job:
     state: see the module docstring; phase: what it is doing (queued | snapshot | copying | publishing |
     done | failed); bytes_done / bytes_total: the copy's progress; cancel / cancel_reason: the switch the
     copy polls; errors: per backup storage failures, also on success; point_in_time: how consistent the
-    copy is (zsagent.virt); webhook: where the result is POSTed; done: set once ``body`` (the answer,
-    with ``http_status`` for a synchronous caller) is there; finished_epoch: when, in seconds since 1970.
+    copy is (zsagent.virt); webhook: where the result is POSTed; timeout_s: the API timeout (None: none);
+    done: set once ``body`` (the answer) is there; finished_epoch: when, in seconds since 1970.
     """
 
     uuid: str = field(default_factory=lambda: uuidlib.uuid4().hex)
@@ -56,8 +60,9 @@ class Job:
     errors: list[dict[str, Any]] = field(default_factory=list)
     point_in_time: dict[str, Any] | None = None
     webhook: str | None = None
+    timeout_s: float | None = None
+    timed_out: bool = False
     done: threading.Event = field(default_factory=threading.Event)
-    http_status: int | None = None
     body: dict[str, Any] | None = None
     finished_epoch: float | None = None
     on_state: Callable[[JobState], None] | None = field(default=None, repr=False)
@@ -73,7 +78,7 @@ class Job:
 
     @property
     def success(self) -> bool:
-        return bool(self.body and self.body.get("success"))
+        return self.body is not None and _succeeded(self.body)
 
     @property
     def percent(self) -> int:
@@ -89,7 +94,12 @@ class Job:
 
 
 Work = Callable[[Job], dict[str, Any]]
-"""Does the job and returns the ImageInventory, or raises ZsError."""
+"""Does the job and returns the answer's fields (e.g. ``{"inventory": ...}``), or raises ZsError."""
+
+
+def _succeeded(body: dict[str, Any]) -> bool:
+    """A ZStack answer failed when it carries an error (records of older agents also say "success")."""
+    return bool(body.get("success", "error" not in body))
 
 
 @dataclass(frozen=True)
@@ -128,29 +138,47 @@ class JobManager:
         return job
 
     def _run(self, job: Job, work: Work) -> None:
+        timer = None
+        if job.timeout_s is not None:
+            timer = threading.Timer(job.timeout_s, self._time_out, args=(job,))
+            timer.daemon = True
+            timer.start()
         try:
-            inventory = work(job)
-            status, body = 200, {"success": True, "inventory": inventory}
+            body = work(job)
         except ZsError as e:
-            status, body = e.error.http_status, {"success": False, "error": e.error.to_json()}
+            error = e.error
+            if job.timed_out and error.code == errors.CANCELLED:
+                error = ErrorCode(errors.TIMEOUT, f"the job did not finish within its API timeout of "
+                                                  f"{job.timeout_s:g} s; it was stopped and what it made removed")
+            body = {"error": error.to_json()}
         except Exception as e:  # noqa: BLE001 - reported as SYS.1000, logged with its traceback
             log.exception("job %s failed unexpectedly", job.uuid)
-            error = ErrorCode(errors.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
-            status, body = error.http_status, {"success": False, "error": error.to_json()}
-        job.http_status, job.body, job.finished_epoch = status, body, time.time()
-        if body["success"]:
+            body = {"error": ErrorCode(errors.INTERNAL_ERROR, f"{type(e).__name__}: {e}").to_json()}
+        finally:
+            if timer is not None:
+                timer.cancel()
+        job.body, job.finished_epoch = body, time.time()
+        outcome = "success" if job.success else body["error"]["code"]
+        if job.success:
             job.state = JobState.DONE
         else:
-            job.state = JobState.CANCELLED if body["error"]["code"] == errors.CANCELLED else JobState.FAILED
-        self.store.finish_job(job.uuid, job.state, status, body, job.errors, job.point_in_time)
+            job.state = JobState.CANCELLED if outcome == errors.CANCELLED else JobState.FAILED
+        self.store.finish_job(job.uuid, job.state, 200 if job.success else 503, body, job.errors,
+                              job.point_in_time)
         if self.metrics is not None:
-            self.metrics.jobs.labels("success" if body["success"] else body["error"]["code"]).inc()
+            self.metrics.jobs.labels(outcome).inc()
         job.done.set()
-        log.info("job %s finished: %s", job.uuid, "success" if body["success"] else body["error"]["code"])
+        log.info("job %s finished: %s", job.uuid, outcome)
         if job.webhook:
             self._post_webhook(job)
         with self._lock:
             self._threads.discard(threading.current_thread())
+
+    @staticmethod
+    def _time_out(job: Job) -> None:
+        if not job.done.is_set():
+            job.timed_out = True
+            job.cancel_with(f"its API timeout of {job.timeout_s:g} s ran out")
 
     def _post_webhook(self, job: Job) -> None:
         headers = {"X-Job-UUID": job.uuid, "X-Job-Success": "true" if job.success else "false"}
@@ -176,7 +204,7 @@ class JobManager:
         record = self.store.get_job(job_uuid)
         if record is None or record.result is None:
             return None
-        return JobView(record.uuid, False, bool(record.result.get("success")), record.result, None)
+        return JobView(record.uuid, False, _succeeded(record.result), record.result, None)
 
     def cancel(self, job_uuid: str, reason: str = "cancelled by request") -> bool:
         """Ask a running job to stop; False when it is not running here."""

@@ -302,8 +302,7 @@ class TemplateService:
         interrupted = []
         for job in self.store.unfinished_jobs():
             error = ErrorCode(errors.OPERATION_FAILURE, "agent restarted during copy")
-            self.store.finish_job(job.uuid, JobState.FAILED, error.http_status,
-                                  {"success": False, "error": error.to_json()})
+            self.store.finish_job(job.uuid, JobState.FAILED, 503, {"error": error.to_json()})
             interrupted.append(job.uuid)
         for job_uuid in dict.fromkeys(a.job_uuid for a in self.store.artifacts()):
             self.clean_job(job_uuid)
@@ -318,9 +317,13 @@ class TemplateService:
     def list_images(self) -> list[dict[str, Any]]:
         return [r.inventory for r in self.store.list_images()]
 
-    def delete_image(self, image_uuid: str) -> None:
+    def delete_image(self, image_uuid: str, missing_ok: bool = False) -> None:
+        """Remove the image's templates from every backup storage, then its record; an image that is not
+        there is SYS.1003, or nothing to do with ``missing_ok``."""
         record = self.store.get_image(image_uuid)
         if record is None:
+            if missing_ok:
+                return
             raise errors.not_found(f"image[uuid:{image_uuid}] not found")
         for ref in record.refs:
             try:

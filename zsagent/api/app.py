@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from zsagent import errors
 from zsagent.api.query import parse_conditions
-from zsagent.auth import session_from_header
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.jobs import Job, JobManager
 from zsagent.request import DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS, UUID_PATTERN, parse_body
@@ -22,7 +21,6 @@ from zsagent.service import TemplateService
 log = logging.getLogger(__name__)
 
 API = "/zstack/v1"
-_JOB_UUID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 _CREATE_BODY_SCHEMA = {
     "type": "object",
@@ -46,8 +44,37 @@ _CREATE_BODY_SCHEMA = {
 }
 
 
-def error_response(error: ErrorCode, status: int | None = None) -> JSONResponse:
-    return JSONResponse({"success": False, "error": error.to_json()}, status_code=status or error.http_status)
+ASYNC_TIMEOUTS_S = {"create": 72 * 3600, "delete": 5 * 60}
+"""ZStack's default API timeouts: 72 h for APICreateDataVolumeTemplateFromVolumeMsg
+(core/src/main/java/org/zstack/core/timeout/ApiTimeoutGlobalProperty.java l.26), 5 min for the rest
+(ApiTimeoutManagerImpl.java parseTimeout, "most default timeout are 5 minutes")."""
+
+
+class TransportError(Exception):
+    """What ZStack's REST server answers at once, as plain text, before any API runs (RestException)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
+def error_response(error: ErrorCode, status: int = 503) -> JSONResponse:
+    """ZStack answers every API error as 503 with ``{"error": ErrorCode}`` (RestServer.java
+    sendReplyResponse l.1237-1240 for synchronous calls, handleJobQuery l.736-738 for jobs)."""
+    return JSONResponse({"error": error.to_json()}, status_code=status)
+
+
+def authorization_of(request: Request) -> str:
+    """The session of ``Authorization: OAuth <session>``; only the header's presence and scheme are
+    checked here, as ZStack does (RestServer.java handleApi l.866-895); the session itself is checked by
+    the API, so an unknown one is ID.1001 in the answer (through the job for an asynchronous API)."""
+    value = request.headers.get("authorization")
+    if value is None:
+        raise TransportError(400, "missing header 'Authorization'")
+    value = value.strip()
+    if not value.startswith("OAuth"):
+        raise TransportError(400, "Authorization type must be 'OAuth'")
+    return value[len("OAuth"):].strip()
 
 
 def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
@@ -60,52 +87,74 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
     async def _zs_error(request: Request, exc: ZsError) -> JSONResponse:
         return error_response(exc.error)
 
+    @app.exception_handler(TransportError)
+    async def _transport_error(request: Request, exc: TransportError) -> PlainTextResponse:
+        return PlainTextResponse(exc.text, status_code=exc.status)
+
     def account_for(request: Request) -> str:
-        return sessions.account_of(session_from_header(request.headers.get("authorization")))
+        return sessions.account_of(authorization_of(request))
+
+    async def submit(request: Request, kind: str, work: Callable[[str, Job], dict[str, Any]],
+                     volume_uuid: str | None = None) -> JSONResponse:
+        """Run ``work(session, job)`` as a job. A caller that asks for it (``X-Job-UUID``, as ZStack's SDK
+        always sends, ``X-Web-Hook`` or ``Prefer: respond-async``) gets ZStack's 202 with the job's location
+        and its timeout in ms (RestServer.java sendMessage l.1253-1275) and polls; a plain call (the API
+        page's curl example) waits and gets the result (200) or the error (its status in errors.HTTP_STATUS)."""
+        session = authorization_of(request)
+        if not app.state.accepting:
+            raise errors.operation_failed("the agent is shutting down; retry on another agent or later")
+        job_uuid = request.headers.get("x-job-uuid")
+        if job_uuid is not None:  # RestServer.java handleApi l.963-976
+            if len(job_uuid) != 32:
+                raise TransportError(400, "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped")
+            if jobs.exists(job_uuid):
+                raise TransportError(400, f"Duplicate job uuid[{job_uuid}]")
+        timeout_s = ASYNC_TIMEOUTS_S[kind]
+        if (requested := request.headers.get("x-api-timeout")) is not None:  # l.980-988, in seconds
+            try:
+                timeout_s = int(requested.strip())
+            except ValueError:  # Long.parseLong's exception, answered as any unexpected one (l.686-688)
+                raise TransportError(500, f'For input string: "{requested}"') from None
+        job = Job(webhook=request.headers.get("x-web-hook"), timeout_s=timeout_s)
+        if job_uuid is not None:
+            job.uuid = job_uuid
+        jobs.submit(job, lambda running: work(session, running), volume_uuid=volume_uuid)
+        if job_uuid is not None or job.webhook or "respond-async" in request.headers.get("prefer", ""):
+            location = f"{str(request.base_url).rstrip('/')}{API}/api-jobs/{job.uuid}"
+            return JSONResponse({"location": location, "apiTimeout": timeout_s * 1000}, status_code=202)
+        await asyncio.to_thread(job.done.wait)
+        if job.success:
+            return JSONResponse(job.body)
+        # zsagent's own synchronous mode keeps its status per error (400 invalid, 404 not found, ...)
+        return JSONResponse(job.body, status_code=errors.HTTP_STATUS.get(job.body["error"]["code"], 500))
 
     @app.post(f"{API}/images/data-volume-templates/from/volumes/{{volumeUuid}}",
               summary="CreateDataVolumeTemplateFromVolume",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": _CREATE_BODY_SCHEMA}}}})
     async def create_data_volume_template(volumeUuid: str, request: Request) -> JSONResponse:  # noqa: N803
-        session = session_from_header(request.headers.get("authorization"))  # ID.1000 at once
-        if not app.state.accepting:
-            raise errors.operation_failed("the agent is shutting down; retry on another agent or later")
-        job_uuid = request.headers.get("x-job-uuid")
-        webhook = request.headers.get("x-web-hook")
-        is_async = bool(job_uuid or webhook or "respond-async" in request.headers.get("prefer", ""))
-        if job_uuid is not None and not _JOB_UUID_RE.match(job_uuid):
-            raise errors.invalid("X-Job-UUID must be 32 lowercase hex digits")
         body = await request.body()
-        job = Job(uuid=job_uuid, webhook=webhook) if job_uuid else Job(webhook=webhook)
-        location = f"{str(request.base_url).rstrip('/')}{API}/api-jobs/{job.uuid}"
-        if job_uuid and jobs.exists(job_uuid):
-            return JSONResponse({"location": location}, status_code=202)
 
         # The session and the body are checked inside the job: ZStack answers those errors through the
-        # job too (a 202, then the failure on the poll), never as an immediate error to an async caller.
-        def work(running: Job) -> dict[str, Any]:
+        # job too (202, then 503 on the poll: portal/.../ApiMediatorImpl.java l.68-71).
+        def work(session: str, running: Job) -> dict[str, Any]:
             account = sessions.account_of(session)
             create = parse_body(body, volumeUuid)
-            return service.create_template(create, account, running)
+            return {"inventory": service.create_template(create, account, running)}
 
-        jobs.submit(job, work, volume_uuid=volumeUuid)
-        if is_async:
-            return JSONResponse({"location": location}, status_code=202)
-        await asyncio.to_thread(job.done.wait)
-        return JSONResponse(job.body, status_code=job.http_status)
+        return await submit(request, "create", work, volume_uuid=volumeUuid)
 
     @app.get(f"{API}/api-jobs/{{jobUuid}}", summary="Poll an asynchronous job")
-    async def poll_job(jobUuid: str) -> JSONResponse:  # noqa: N803
+    async def poll_job(jobUuid: str) -> Response:  # noqa: N803
+        """RestServer.java handleJobQuery l.705-740: no Authorization needed; unknown or expired: 404."""
         view = jobs.view(jobUuid)
         if view is None:
-            return error_response(ErrorCode(errors.RESOURCE_NOT_FOUND, f"job[uuid:{jobUuid}] not found "
-                                                                       "or expired"), 404)
+            return PlainTextResponse("the job has been expired", status_code=404)
         if view.running:
             return JSONResponse({}, status_code=202)
         return JSONResponse(view.body, status_code=200 if view.success else 503)
 
-    @app.delete(f"{API}/api-jobs/{{jobUuid}}", summary="Cancel a running job")
+    @app.delete(f"{API}/api-jobs/{{jobUuid}}", summary="Cancel a running job (zsagent's own)")
     async def cancel_job(jobUuid: str, request: Request) -> JSONResponse:  # noqa: N803
         account_for(request)
         if jobs.cancel(jobUuid):
@@ -117,10 +166,12 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
 
     @app.get(f"{API}/task-progresses/{{jobUuid}}", summary="Progress of a job")
     async def task_progress(jobUuid: str, request: Request) -> JSONResponse:  # noqa: N803
+        """A synchronous call (header/.../core/progress/APIGetTaskProgressMsg.java l.15); an unknown job has
+        no progress: an empty list."""
         account_for(request)
         view = jobs.view(jobUuid)
         if view is None:
-            return error_response(ErrorCode(errors.RESOURCE_NOT_FOUND, f"job[uuid:{jobUuid}] not found"), 404)
+            return JSONResponse({"inventories": []})
         progress = view.progress or {"phase": "done" if view.success else "failed",
                                      "percent": 100, "bytesDone": None, "bytesTotal": None}
         return JSONResponse({"inventories": [{"taskUuid": jobUuid, "type": "Progress",
@@ -128,8 +179,10 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
 
     @app.get(f"{API}/images/{{uuid}}", summary="Get one image")
     async def get_image(uuid: str, request: Request) -> JSONResponse:
+        """A query by uuid (header/.../image/APIQueryImageMsg.java): none found is an empty list."""
         account_for(request)
-        return JSONResponse({"inventories": [service.get_image(uuid)]})
+        found = [i for i in service.list_images() if i["uuid"] == uuid]
+        return JSONResponse({"inventories": found})
 
     @app.get(f"{API}/images", summary="Query images")
     async def list_images(request: Request, q: list[str] = Query(default=[]),  # noqa: B008
@@ -143,9 +196,14 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
 
     @app.delete(f"{API}/images/{{uuid}}", summary="Delete an image and its bits on every backup storage")
     async def delete_image(uuid: str, request: Request) -> JSONResponse:
-        account_for(request)
-        await asyncio.to_thread(service.delete_image, uuid)
-        return JSONResponse({"success": True})
+        """Asynchronous like every ZStack API but queries (APIDeleteImageMsg); deleting an image that is
+        not there succeeds, as ZStack's delete messages do."""
+        def work(session: str, running: Job) -> dict[str, Any]:
+            sessions.account_of(session)
+            service.delete_image(uuid, missing_ok=True)
+            return {}
+
+        return await submit(request, "delete", work)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
