@@ -7,12 +7,12 @@ import logging
 import re
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from zsagent import errors
-from zsagent.api.query import parse_conditions
+from zsagent.api.query import run_query
 from zsagent.auth import session_from_header
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.jobs import Job, JobManager
@@ -128,18 +128,13 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
 
     @app.get(f"{API}/images/{{uuid}}", summary="Get one image")
     async def get_image(uuid: str, request: Request) -> JSONResponse:
-        account_for(request)
-        return JSONResponse({"inventories": [service.get_image(uuid)]})
+        account = account_for(request)
+        return JSONResponse({"inventories": [service.get_image(uuid, account)]})
 
     @app.get(f"{API}/images", summary="Query images")
-    async def list_images(request: Request, q: list[str] = Query(default=[]),  # noqa: B008
-                          limit: int = 1000, start: int = 0) -> JSONResponse:
-        account_for(request)
-        if limit < 0 or start < 0:
-            raise errors.invalid("limit and start must not be negative")
-        conditions = parse_conditions(q)
-        found = [i for i in service.list_images() if all(c(i) for c in conditions)]
-        return JSONResponse({"inventories": found[start:start + limit]})
+    async def list_images(request: Request) -> JSONResponse:
+        account = account_for(request)
+        return JSONResponse(run_query(service.list_images(account), request.query_params.multi_items()))
 
     @app.delete(f"{API}/images/{{uuid}}", summary="Delete an image and its bits on every backup storage")
     async def delete_image(uuid: str, request: Request) -> JSONResponse:
