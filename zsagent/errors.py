@@ -90,3 +90,15 @@ def not_found(details: str) -> ZsError:
 
 def operation_failed(details: str, cause: ErrorCode | None = None) -> ZsError:
     return ZsError(OPERATION_FAILURE, details, cause)
+
+
+class RestRefusal(Exception):
+    """A request ZStack's REST server refuses before it becomes an API message: answered at once with
+    ``status`` and ``text`` as plain text, not an ErrorCode (zstackio/zstack
+    rest/src/main/java/org/zstack/rest/RestServer.java l.685-686 and l.587-600: ``RestException`` →
+    ``sendResponse(e.statusCode, e.error, rsp)``)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"{status}: {text}")
+        self.status = status
+        self.text = text

@@ -8,13 +8,13 @@ import re
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from zsagent import errors
 from zsagent.api.query import run_query
-from zsagent.auth import session_from_header
-from zsagent.errors import ErrorCode, ZsError
+from zsagent.auth import Authenticator
+from zsagent.errors import ErrorCode, RestRefusal, ZsError
 from zsagent.jobs import Job, JobManager
 from zsagent.request import DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS, UUID_PATTERN, parse_body
 from zsagent.service import TemplateService
@@ -50,8 +50,8 @@ def error_response(error: ErrorCode, status: int | None = None) -> JSONResponse:
     return JSONResponse({"success": False, "error": error.to_json()}, status_code=status or error.http_status)
 
 
-def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
-    """``sessions`` has ``account_of(session_uuid) -> account_uuid`` (raises ZsError ID.1001)."""
+def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) -> FastAPI:
+    """``auth`` tells who calls (zsagent.auth.Authenticator)."""
     app = FastAPI(title="zsagent", version="0.1.0",
                   description="ZStack data volume templates from Ceph and file volumes")
     app.state.accepting = True  # False while the daemon drains on shutdown
@@ -60,15 +60,19 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
     async def _zs_error(request: Request, exc: ZsError) -> JSONResponse:
         return error_response(exc.error)
 
+    @app.exception_handler(RestRefusal)
+    async def _refused(request: Request, exc: RestRefusal) -> PlainTextResponse:
+        return PlainTextResponse(exc.text, status_code=exc.status)
+
     def account_for(request: Request) -> str:
-        return sessions.account_of(session_from_header(request.headers.get("authorization")))
+        return auth.authenticate(request.method, request.url.path, request.headers)
 
     @app.post(f"{API}/images/data-volume-templates/from/volumes/{{volumeUuid}}",
               summary="CreateDataVolumeTemplateFromVolume",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": _CREATE_BODY_SCHEMA}}}})
     async def create_data_volume_template(volumeUuid: str, request: Request) -> JSONResponse:  # noqa: N803
-        session = session_from_header(request.headers.get("authorization"))  # ID.1000 at once
+        credentials = auth.credentials(request.method, request.url.path, request.headers)  # RestRefusal at once
         if not app.state.accepting:
             raise errors.operation_failed("the agent is shutting down; retry on another agent or later")
         job_uuid = request.headers.get("x-job-uuid")
@@ -85,7 +89,7 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
         # The session and the body are checked inside the job: ZStack answers those errors through the
         # job too (a 202, then the failure on the poll), never as an immediate error to an async caller.
         def work(running: Job) -> dict[str, Any]:
-            account = sessions.account_of(session)
+            account = auth.account_of(credentials)
             create = parse_body(body, volumeUuid)
             return service.create_template(create, account, running)
 
