@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from zsagent.api import create_app
-from zsagent.auth import ManagementNodeSessions, SessionsFile
+from zsagent.auth import AccessKeysFile, Authenticator, ManagementNodeSessions, SessionsFile
 from zsagent.config import Config
 from zsagent.jobs import JobManager
 from zsagent.service import ADMIN_ACCOUNT_UUID, TemplateService
@@ -31,10 +31,14 @@ class Agent:
         self.store.close()
 
 
-def sessions_for(config: Config):
+def sessions_for(config: Config) -> Authenticator:
+    """Who may call: sessions (a file, or a management node) and access keys (a file), per [auth]."""
     if config.auth.zstack_url:
-        return ManagementNodeSessions(config.auth.zstack_url, ADMIN_ACCOUNT_UUID, config.auth.session_cache_s)
-    return SessionsFile(config.auth.sessions_file or "/etc/zsagent/sessions")
+        sessions = ManagementNodeSessions(config.auth.zstack_url, ADMIN_ACCOUNT_UUID, config.auth.session_cache_s)
+    else:
+        sessions = SessionsFile(config.auth.sessions_file or "/etc/zsagent/sessions")
+    access_keys = AccessKeysFile(config.auth.access_keys_file) if config.auth.access_keys_file else None
+    return Authenticator(sessions, access_keys, check_time_zone=config.auth.check_time_zone)
 
 
 def build_agent(config: Config) -> Agent:

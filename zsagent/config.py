@@ -47,11 +47,16 @@ class AgentSettings:
 @dataclass(frozen=True)
 class AuthSettings:
     """sessions_file: "<sessionUuid> <accountUuid>" per line; zstack_url: ask this management node
-    instead; session_cache_s: how long a management node's answer is trusted."""
+    instead; session_cache_s: how long a management node's answer is trusted; access_keys_file:
+    "<AccessKeyId> <secret> <accountUuid>" per line for ``Authorization: ZStack <id>:<signature>`` (None:
+    no access keys); check_time_zone: compare an access key request's Date with its zone (ZStack's
+    ``rest.checkTimeZone``; false compares wall clocks, as ZStack does by default)."""
 
     sessions_file: str | None = "/etc/zsagent/sessions"
     zstack_url: str | None = None
     session_cache_s: int = 30
+    access_keys_file: str | None = None
+    check_time_zone: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ TIMEOUT = "SYS.1001"
 CANCELLED = "SYS.1017"
 INVALID_AUTHORIZATION = "ID.1000"
 INVALID_SESSION = "ID.1001"
+PERMISSION_DENIED = "ID.1002"
 
 DESCRIPTIONS = {
     INVALID_ARGUMENT: "One or more API argument is invalid",
@@ -27,6 +28,7 @@ DESCRIPTIONS = {
     CANCELLED: "The operation was cancelled",
     INVALID_AUTHORIZATION: "Missing or malformed Authorization header",
     INVALID_SESSION: "Session expired or invalid",
+    PERMISSION_DENIED: "Permission denied",
 }
 
 # HTTP status for a synchronous answer carrying this code.
@@ -39,6 +41,7 @@ HTTP_STATUS = {
     CANCELLED: 503,
     INVALID_AUTHORIZATION: 401,
     INVALID_SESSION: 401,
+    PERMISSION_DENIED: 403,
 }
 
 
@@ -90,3 +93,15 @@ def not_found(details: str) -> ZsError:
 
 def operation_failed(details: str, cause: ErrorCode | None = None) -> ZsError:
     return ZsError(OPERATION_FAILURE, details, cause)
+
+
+class RestRefusal(Exception):
+    """A request ZStack's REST server refuses before it becomes an API message: answered at once with
+    ``status`` and ``text`` as plain text, not an ErrorCode (zstackio/zstack
+    rest/src/main/java/org/zstack/rest/RestServer.java l.685-686 and l.587-600: ``RestException`` →
+    ``sendResponse(e.statusCode, e.error, rsp)``)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"{status}: {text}")
+        self.status = status
+        self.text = text

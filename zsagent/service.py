@@ -308,23 +308,35 @@ class TemplateService:
             self.clean_job(job_uuid)
         return interrupted
 
-    def get_image(self, image_uuid: str) -> dict[str, Any]:
+    def get_image(self, image_uuid: str, account_uuid: str | None = None) -> dict[str, Any]:
+        """One image's inventory; another account's image (unless ``account_uuid`` is the admin or None)
+        is not found, as it is not listed (``list_images``)."""
         record = self.store.get_image(image_uuid)
-        if record is None:
+        if record is None or account_uuid not in (None, ADMIN_ACCOUNT_UUID, record.account_uuid):
             raise errors.not_found(f"image[uuid:{image_uuid}] not found")
         return record.inventory
 
-    def list_images(self) -> list[dict[str, Any]]:
-        return [r.inventory for r in self.store.list_images()]
+    def list_images(self, account_uuid: str | None = None) -> list[dict[str, Any]]:
+        """Every image's inventory (``account_uuid`` None: the operator's view, for the CLI), or those the
+        account owns; the admin account sees all, as in ZStack (zstackio/zstack
+        identity/src/main/java/org/zstack/identity/AccountManagerImpl.java l.208-209 ``isAdmin``;
+        search/src/main/java/org/zstack/zql/ZQL.java l.501: no ownership filter for the admin)."""
+        records = self.store.list_images()
+        if account_uuid is not None and account_uuid != ADMIN_ACCOUNT_UUID:
+            records = [r for r in records if r.account_uuid == account_uuid]
+        return [r.inventory for r in records]
 
-    def delete_image(self, image_uuid: str, missing_ok: bool = False) -> None:
+    def delete_image(self, image_uuid: str, missing_ok: bool = False, account_uuid: str | None = None) -> None:
         """Remove the image's templates from every backup storage, then its record; an image that is not
-        there is SYS.1003, or nothing to do with ``missing_ok``."""
+        there is SYS.1003, or nothing to do with ``missing_ok``; another account's (unless ``account_uuid``
+        is the admin or None) is ID.1002."""
         record = self.store.get_image(image_uuid)
         if record is None:
             if missing_ok:
                 return
             raise errors.not_found(f"image[uuid:{image_uuid}] not found")
+        if account_uuid not in (None, ADMIN_ACCOUNT_UUID, record.account_uuid):
+            raise ZsError(errors.PERMISSION_DENIED, f"image[uuid:{image_uuid}] belongs to another account")
         for ref in record.refs:
             try:
                 cleanup.remove(ref["kind"], ref, self.runtime)

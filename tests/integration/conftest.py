@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -173,3 +174,24 @@ def real_rbd_env(request, tmp_path_factory):
 def rbd_env(request):
     """A source and a destination pool, on the fake backend and on the real test cluster."""
     return request.getfixturevalue(f"{request.param}_rbd_env")
+
+
+@pytest.fixture
+def api(rbd_env, tmp_path):
+    """A running agent: Ceph PS = the env's src pool; BS: Ceph (default) and a raw file directory."""
+    from agent_harness import running_agent, write_config
+
+    env = rbd_env
+    ps_root, bs_root = tmp_path / "ps", tmp_path / "bs"
+    ps_root.mkdir()
+    bs_root.mkdir()
+    ceph_bs, file_bs = uuid.uuid4().hex, uuid.uuid4().hex
+    raw = write_config(tmp_path, env.ceph_config,
+                       [{"uuid": uuid.uuid4().hex, "type": "ceph", "pools": [env.src_pool]},
+                        {"uuid": uuid.uuid4().hex, "type": "filesystem", "path": str(ps_root)}],
+                       [{"uuid": ceph_bs, "type": "ceph", "pool": env.dst_pool, "default": True},
+                        {"uuid": file_bs, "type": "filesystem", "path": str(bs_root), "format": "raw"}])
+    with running_agent(raw) as agent:
+        agent.env, agent.raw_config = env, raw
+        agent.ceph_bs, agent.file_bs, agent.ps_root, agent.bs_root = ceph_bs, file_bs, ps_root, bs_root
+        yield agent

@@ -23,25 +23,6 @@ def resource_uuid():
     return uuid.uuid4().hex  # version 4, variant 8-b: matches ZStack's pattern
 
 
-@pytest.fixture
-def api(rbd_env, tmp_path):
-    """A running agent: Ceph PS = the env's src pool; BS: Ceph (default) and a raw file directory."""
-    env = rbd_env
-    ps_root, bs_root = tmp_path / "ps", tmp_path / "bs"
-    ps_root.mkdir()
-    bs_root.mkdir()
-    ceph_bs, file_bs = uuid.uuid4().hex, uuid.uuid4().hex
-    raw = write_config(tmp_path, env.ceph_config,
-                       [{"uuid": uuid.uuid4().hex, "type": "ceph", "pools": [env.src_pool]},
-                        {"uuid": uuid.uuid4().hex, "type": "filesystem", "path": str(ps_root)}],
-                       [{"uuid": ceph_bs, "type": "ceph", "pool": env.dst_pool, "default": True},
-                        {"uuid": file_bs, "type": "filesystem", "path": str(bs_root), "format": "raw"}])
-    with running_agent(raw) as agent:
-        agent.env, agent.raw_config = env, raw
-        agent.ceph_bs, agent.file_bs, agent.ps_root, agent.bs_root = ceph_bs, file_bs, ps_root, bs_root
-        yield agent
-
-
 def ceph_volume(env, size=6 * MiB + 512, data=True):
     vol = uuid.uuid4().hex
     env.rbd.RBD().create(env.src, vol, size, old_format=False)
@@ -237,7 +218,8 @@ def test_async_business_errors_come_through_the_job(api):
     result = api.wait_job(answer.json()["location"])
     assert result.status_code == 503 and result.json()["error"]["code"] == "SYS.1007"
     bad_job = api.post_create(uuid.uuid4().hex, headers={"X-Job-UUID": "nope"})
-    assert (bad_job.status_code, bad_job.text) == (400, "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped")
+    assert (bad_job.status_code, bad_job.text) == (
+        400, "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped")
     unknown = api.client.get(f"/zstack/v1/api-jobs/{uuid.uuid4().hex}")
     assert (unknown.status_code, unknown.text) == (404, "the job has been expired")
 

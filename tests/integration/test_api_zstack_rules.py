@@ -8,7 +8,7 @@ import time
 import uuid
 
 from agent_harness import SESSION
-from test_api import MiB, api, ceph_volume, snaps_of  # noqa: F401 - api is a fixture
+from test_api import MiB, ceph_volume, snaps_of
 
 from zsagent.sources import rbd_snapshot
 

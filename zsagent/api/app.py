@@ -7,13 +7,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from zsagent import errors
-from zsagent.api.query import parse_conditions
-from zsagent.errors import ErrorCode, ZsError
+from zsagent.api.query import run_query
+from zsagent.auth import Authenticator, Credentials
+from zsagent.errors import ErrorCode, RestRefusal, ZsError
 from zsagent.jobs import Job, JobManager
 from zsagent.request import DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS, UUID_PATTERN, parse_body
 from zsagent.service import TemplateService
@@ -50,35 +51,14 @@ ASYNC_TIMEOUTS_S = {"create": 72 * 3600, "delete": 5 * 60}
 (ApiTimeoutManagerImpl.java parseTimeout, "most default timeout are 5 minutes")."""
 
 
-class TransportError(Exception):
-    """What ZStack's REST server answers at once, as plain text, before any API runs (RestException)."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status, self.text = status, text
-
-
 def error_response(error: ErrorCode, status: int = 503) -> JSONResponse:
     """ZStack answers every API error as 503 with ``{"error": ErrorCode}`` (RestServer.java
     sendReplyResponse l.1237-1240 for synchronous calls, handleJobQuery l.736-738 for jobs)."""
     return JSONResponse({"error": error.to_json()}, status_code=status)
 
 
-def authorization_of(request: Request) -> str:
-    """The session of ``Authorization: OAuth <session>``; only the header's presence and scheme are
-    checked here, as ZStack does (RestServer.java handleApi l.866-895); the session itself is checked by
-    the API, so an unknown one is ID.1001 in the answer (through the job for an asynchronous API)."""
-    value = request.headers.get("authorization")
-    if value is None:
-        raise TransportError(400, "missing header 'Authorization'")
-    value = value.strip()
-    if not value.startswith("OAuth"):
-        raise TransportError(400, "Authorization type must be 'OAuth'")
-    return value[len("OAuth"):].strip()
-
-
-def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
-    """``sessions`` has ``account_of(session_uuid) -> account_uuid`` (raises ZsError ID.1001)."""
+def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) -> FastAPI:
+    """``auth`` tells who calls (zsagent.auth.Authenticator)."""
     app = FastAPI(title="zsagent", version="0.1.0",
                   description="ZStack data volume templates from Ceph and file volumes")
     app.state.accepting = True  # False while the daemon drains on shutdown
@@ -87,38 +67,39 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
     async def _zs_error(request: Request, exc: ZsError) -> JSONResponse:
         return error_response(exc.error)
 
-    @app.exception_handler(TransportError)
-    async def _transport_error(request: Request, exc: TransportError) -> PlainTextResponse:
+    @app.exception_handler(RestRefusal)
+    async def _refused(request: Request, exc: RestRefusal) -> PlainTextResponse:
         return PlainTextResponse(exc.text, status_code=exc.status)
 
     def account_for(request: Request) -> str:
-        return sessions.account_of(authorization_of(request))
+        return auth.authenticate(request.method, request.url.path, request.headers)
 
-    async def submit(request: Request, kind: str, work: Callable[[str, Job], dict[str, Any]],
+    async def submit(request: Request, kind: str, work: Callable[[Credentials, Job], dict[str, Any]],
                      volume_uuid: str | None = None) -> JSONResponse:
-        """Run ``work(session, job)`` as a job. A caller that asks for it (``X-Job-UUID``, as ZStack's SDK
+        """Run ``work(credentials, job)`` as a job (an access key is checked at once, a session by the job).
+        A caller that asks for it (``X-Job-UUID``, as ZStack's SDK
         always sends, ``X-Web-Hook`` or ``Prefer: respond-async``) gets ZStack's 202 with the job's location
         and its timeout in ms (RestServer.java sendMessage l.1253-1275) and polls; a plain call (the API
         page's curl example) waits and gets the result (200) or the error (its status in errors.HTTP_STATUS)."""
-        session = authorization_of(request)
+        credentials = auth.credentials(request.method, request.url.path, request.headers)  # RestRefusal at once
         if not app.state.accepting:
             raise errors.operation_failed("the agent is shutting down; retry on another agent or later")
         job_uuid = request.headers.get("x-job-uuid")
         if job_uuid is not None:  # RestServer.java handleApi l.963-976
             if len(job_uuid) != 32:
-                raise TransportError(400, "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped")
+                raise RestRefusal(400, "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped")
             if jobs.exists(job_uuid):
-                raise TransportError(400, f"Duplicate job uuid[{job_uuid}]")
+                raise RestRefusal(400, f"Duplicate job uuid[{job_uuid}]")
         timeout_s = ASYNC_TIMEOUTS_S[kind]
         if (requested := request.headers.get("x-api-timeout")) is not None:  # l.980-988, in seconds
             try:
                 timeout_s = int(requested.strip())
             except ValueError:  # Long.parseLong's exception, answered as any unexpected one (l.686-688)
-                raise TransportError(500, f'For input string: "{requested}"') from None
+                raise RestRefusal(500, f'For input string: "{requested}"') from None
         job = Job(webhook=request.headers.get("x-web-hook"), timeout_s=timeout_s)
         if job_uuid is not None:
             job.uuid = job_uuid
-        jobs.submit(job, lambda running: work(session, running), volume_uuid=volume_uuid)
+        jobs.submit(job, lambda running: work(credentials, running), volume_uuid=volume_uuid)
         if job_uuid is not None or job.webhook or "respond-async" in request.headers.get("prefer", ""):
             location = f"{str(request.base_url).rstrip('/')}{API}/api-jobs/{job.uuid}"
             return JSONResponse({"location": location, "apiTimeout": timeout_s * 1000}, status_code=202)
@@ -137,8 +118,8 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
 
         # The session and the body are checked inside the job: ZStack answers those errors through the
         # job too (202, then 503 on the poll: portal/.../ApiMediatorImpl.java l.68-71).
-        def work(session: str, running: Job) -> dict[str, Any]:
-            account = sessions.account_of(session)
+        def work(credentials: Credentials, running: Job) -> dict[str, Any]:
+            account = auth.account_of(credentials)
             create = parse_body(body, volumeUuid)
             return {"inventory": service.create_template(create, account, running)}
 
@@ -180,27 +161,22 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
     @app.get(f"{API}/images/{{uuid}}", summary="Get one image")
     async def get_image(uuid: str, request: Request) -> JSONResponse:
         """A query by uuid (header/.../image/APIQueryImageMsg.java): none found is an empty list."""
-        account_for(request)
-        found = [i for i in service.list_images() if i["uuid"] == uuid]
+        account = account_for(request)
+        found = [i for i in service.list_images(account) if i["uuid"] == uuid]
         return JSONResponse({"inventories": found})
 
     @app.get(f"{API}/images", summary="Query images")
-    async def list_images(request: Request, q: list[str] = Query(default=[]),  # noqa: B008
-                          limit: int = 1000, start: int = 0) -> JSONResponse:
-        account_for(request)
-        if limit < 0 or start < 0:
-            raise errors.invalid("limit and start must not be negative")
-        conditions = parse_conditions(q)
-        found = [i for i in service.list_images() if all(c(i) for c in conditions)]
-        return JSONResponse({"inventories": found[start:start + limit]})
+    async def list_images(request: Request) -> JSONResponse:
+        """ZStack's query parameters (zsagent.api.query); an account sees its own images only."""
+        account = account_for(request)
+        return JSONResponse(run_query(service.list_images(account), request.query_params.multi_items()))
 
     @app.delete(f"{API}/images/{{uuid}}", summary="Delete an image and its bits on every backup storage")
     async def delete_image(uuid: str, request: Request) -> JSONResponse:
         """Asynchronous like every ZStack API but queries (APIDeleteImageMsg); deleting an image that is
         not there succeeds, as ZStack's delete messages do."""
-        def work(session: str, running: Job) -> dict[str, Any]:
-            sessions.account_of(session)
-            service.delete_image(uuid, missing_ok=True)
+        def work(credentials: Credentials, running: Job) -> dict[str, Any]:
+            service.delete_image(uuid, missing_ok=True, account_uuid=auth.account_of(credentials))
             return {}
 
         return await submit(request, "delete", work)
