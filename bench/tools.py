@@ -17,6 +17,8 @@ from pathlib import Path
 
 from common import BenchError, run, timed
 
+from zsagent.processes import stop_process
+
 # rbd export | tee >(md5sum) | rbd import, written so that the md5 is complete when bash exits: md5sum is a
 # process substitution of this shell (not of the pipeline's subshell), so its pid is known and waited for.
 SHELL_PIPELINE = r"""
@@ -112,12 +114,7 @@ def qemu_nbd(target: str, image_format: str, env: dict[str, str], connections: i
                 time.sleep(0.02)
             yield f"nbd+unix:///?socket={sock}"
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server)
             server.stderr.close()
 
 
