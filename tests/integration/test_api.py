@@ -320,7 +320,7 @@ def test_get_list_and_delete(api):
     made = [api.post_create(vol, {"name": f"img-{i}", "backupStorageUuids": [api.ceph_bs, api.file_bs]})
             .json()["inventory"] for i in range(3)]
     got = api.get(f"/zstack/v1/images/{made[1]['uuid']}").json()
-    assert got == {"inventories": [made[1]]}
+    assert got["inventories"] == [made[1]] and "inventories[0]" in got["schema"]  # a query: always typed
     listed = api.get("/zstack/v1/images", params={"q": "name=img-2"}).json()["inventories"]
     assert [i["uuid"] for i in listed] == [made[2]["uuid"]]
     listed = api.get("/zstack/v1/images", params={"q": [f"url=volume://{vol}", "name~=img-%"], "limit": 2,
@@ -354,7 +354,7 @@ def test_restart_keeps_records_and_cleans_interrupted_jobs(api):
     env.rbd.RBD().create(env.dst, ghost + ".part", MiB)
 
     with running_agent(api.raw_config) as restarted:
-        assert restarted.get(f"/zstack/v1/images/{made['uuid']}").json() == {"inventories": [made]}
+        assert restarted.get(f"/zstack/v1/images/{made['uuid']}").json()["inventories"] == [made]
         failed = restarted.client.get(f"/zstack/v1/api-jobs/{'f' * 32}")
         assert failed.status_code == 503
         assert failed.json()["error"]["details"] == "agent restarted during copy"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -13,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from zsagent import errors
 from zsagent.api.query import parse_conditions
+from zsagent.api.schema import Kind, with_schema
 from zsagent.auth import session_from_header
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.jobs import Job, JobManager
@@ -78,6 +80,9 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
             raise errors.invalid("X-Job-UUID must be 32 lowercase hex digits")
         body = await request.body()
         job = Job(uuid=job_uuid, webhook=webhook) if job_uuid else Job(webhook=webhook)
+        # ZStack builds the web hook's body with the creating request's headers (rest/.../RestServer.java
+        # callWebHook l.322-336): X-JSON-Schema on the create gives the hook the schema map.
+        job.webhook_body = partial(with_schema, kind=Kind.CREATE, headers=dict(request.headers))
         location = f"{str(request.base_url).rstrip('/')}{API}/api-jobs/{job.uuid}"
         if job_uuid and jobs.exists(job_uuid):
             return JSONResponse({"location": location}, status_code=202)
@@ -93,17 +98,18 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
         if is_async:
             return JSONResponse({"location": location}, status_code=202)
         await asyncio.to_thread(job.done.wait)
-        return JSONResponse(job.body, status_code=job.http_status)
+        return JSONResponse(with_schema(job.body, Kind.CREATE, request.headers), status_code=job.http_status)
 
     @app.get(f"{API}/api-jobs/{{jobUuid}}", summary="Poll an asynchronous job")
-    async def poll_job(jobUuid: str) -> JSONResponse:  # noqa: N803
+    async def poll_job(jobUuid: str, request: Request) -> JSONResponse:  # noqa: N803
         view = jobs.view(jobUuid)
         if view is None:
             return error_response(ErrorCode(errors.RESOURCE_NOT_FOUND, f"job[uuid:{jobUuid}] not found "
                                                                        "or expired"), 404)
         if view.running:
             return JSONResponse({}, status_code=202)
-        return JSONResponse(view.body, status_code=200 if view.success else 503)
+        return JSONResponse(with_schema(view.body, Kind.CREATE, request.headers),
+                            status_code=200 if view.success else 503)
 
     @app.delete(f"{API}/api-jobs/{{jobUuid}}", summary="Cancel a running job")
     async def cancel_job(jobUuid: str, request: Request) -> JSONResponse:  # noqa: N803
@@ -123,13 +129,15 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
             return error_response(ErrorCode(errors.RESOURCE_NOT_FOUND, f"job[uuid:{jobUuid}] not found"), 404)
         progress = view.progress or {"phase": "done" if view.success else "failed",
                                      "percent": 100, "bytesDone": None, "bytesTotal": None}
-        return JSONResponse({"inventories": [{"taskUuid": jobUuid, "type": "Progress",
-                                              "content": str(progress["percent"]), **progress}]})
+        return JSONResponse(with_schema({"inventories": [{"taskUuid": jobUuid, "type": "Progress",
+                                                          "content": str(progress["percent"]), **progress}]},
+                                        Kind.TASK_PROGRESS, request.headers))
 
     @app.get(f"{API}/images/{{uuid}}", summary="Get one image")
     async def get_image(uuid: str, request: Request) -> JSONResponse:
         account_for(request)
-        return JSONResponse({"inventories": [service.get_image(uuid)]})
+        return JSONResponse(with_schema({"inventories": [service.get_image(uuid)]}, Kind.QUERY_IMAGES,
+                                        request.headers))
 
     @app.get(f"{API}/images", summary="Query images")
     async def list_images(request: Request, q: list[str] = Query(default=[]),  # noqa: B008
@@ -139,13 +147,14 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
             raise errors.invalid("limit and start must not be negative")
         conditions = parse_conditions(q)
         found = [i for i in service.list_images() if all(c(i) for c in conditions)]
-        return JSONResponse({"inventories": found[start:start + limit]})
+        return JSONResponse(with_schema({"inventories": found[start:start + limit]}, Kind.QUERY_IMAGES,
+                                        request.headers))
 
     @app.delete(f"{API}/images/{{uuid}}", summary="Delete an image and its bits on every backup storage")
     async def delete_image(uuid: str, request: Request) -> JSONResponse:
         account_for(request)
         await asyncio.to_thread(service.delete_image, uuid)
-        return JSONResponse({"success": True})
+        return JSONResponse(with_schema({"success": True}, Kind.DELETE, request.headers))
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
