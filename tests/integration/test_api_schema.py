@@ -1,4 +1,5 @@
-"""What ZStack's own clients need, over real HTTP: the typed-answer ``schema`` map (X-JSON-Schema).
+"""What ZStack's own clients need, over real HTTP: the typed-answer ``schema`` map (X-JSON-Schema) and
+tags inside ``params`` (where the Java SDK puts them).
 
 File primary storage, two file backup storages; no Ceph (the fake backend is configured and unused)."""
 
@@ -9,6 +10,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 from agent_harness import SESSION, file_volume, running_agent, write_config
@@ -153,3 +155,35 @@ def test_web_hook_gets_the_schema_when_the_create_asked(api):
         assert next(body["schema"] for body in received if "schema" in body) == CREATE_SCHEMA
     finally:
         server.shutdown()
+
+
+# -- tags inside params ----------------------------------------------------------------------------------
+
+def test_an_unknown_system_tag_inside_params_fails(api):
+    vol, _ = file_volume(api.ps_root)
+    answer = api.post_create(vol, {"systemTags": ["no::such::tag"]})
+    error = answer.json()["error"]
+    assert error["code"] == "SYS.1007" and "no::such::tag" in error["details"]
+    assert not any((api.ps_root.parent / "bs").rglob("*.qcow2"))
+    # and in the job, for an asynchronous caller
+    accepted = api.post_create(vol, {"systemTags": ["no::such::tag"]}, headers={"Prefer": "respond-async"})
+    assert api.wait_job(accepted.json()["location"]).json()["error"]["code"] == "SYS.1007"
+    # a list of something else is refused by its name
+    bad = api.post_create(vol, {"userTags": "not-a-list"}).json()["error"]
+    assert bad["code"] == "SYS.1007" and "params.userTags" in bad["details"]
+
+
+def test_the_raw_format_tag_inside_params_gives_a_raw_template(api):
+    vol, path = file_volume(api.ps_root)
+    answer = api.post_create(vol, {"systemTags": ["template::format::raw"], "userTags": ["in-params", "both"]},
+                             userTags=["both", "top"])
+    assert answer.status_code == 200, answer.text
+    inv = answer.json()["inventory"]
+    assert inv["format"] == "raw"
+    install_path = inv["backupStorageRefs"][0]["installPath"]
+    assert install_path.endswith(".raw") and Path(install_path).read_bytes() == path.read_bytes()
+    stored = api.agent.service.store.get_image(inv["uuid"])
+    assert stored.tags["systemTags"] == ["template::format::raw"]
+    assert stored.tags["userTags"] == ["both", "top", "in-params"]  # merged: top level first, each once
+    without = api.post_create(vol).json()["inventory"]
+    assert without["format"] == "qcow2"

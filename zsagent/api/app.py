@@ -40,6 +40,8 @@ _CREATE_BODY_SCHEMA = {
                 "backupStorageUuids": {"type": "array", "minItems": 1, "items": {"type": "string"}},
                 "resourceUuid": {"type": "string"},
                 "tagUuids": {"type": "array", "items": {"type": "string"}},
+                "systemTags": {"type": "array", "items": {"type": "string"}},
+                "userTags": {"type": "array", "items": {"type": "string"}},
             },
         },
         "systemTags": {"type": "array", "items": {"type": "string"}},
