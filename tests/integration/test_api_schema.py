@@ -1,11 +1,12 @@
-"""What ZStack's own clients need, over real HTTP: the typed-answer ``schema`` map (X-JSON-Schema) and
-tags inside ``params`` (where the Java SDK puts them).
+"""What ZStack's own clients need, over real HTTP: the typed-answer ``schema`` map (X-JSON-Schema), tags
+inside ``params`` (where the Java SDK puts them), and the inventory fields as ZStack fills them.
 
 File primary storage, two file backup storages; no Ceph (the fake backend is configured and unused)."""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -187,3 +188,32 @@ def test_the_raw_format_tag_inside_params_gives_a_raw_template(api):
     assert stored.tags["userTags"] == ["both", "top", "in-params"]  # merged: top level first, each once
     without = api.post_create(vol).json()["inventory"]
     assert without["format"] == "qcow2"
+
+
+# -- the inventory as ZStack fills it ----------------------------------------------------------------
+
+def test_inventory_fields_are_zstacks_for_a_data_volume_template(api):
+    vol, _ = file_volume(api.ps_root)
+    inv = api.post_create(vol).json()["inventory"]
+    assert inv["platform"] is None and inv["architecture"] is None and inv["guestOsType"] is None
+    assert inv["virtio"] is False and inv["system"] is False
+    assert api.get(f"/zstack/v1/images/{inv['uuid']}").json()["inventories"][0]["virtio"] is False
+
+
+def test_what_the_volume_records_wins(api):
+    vol, path = file_volume(api.ps_root)
+    os.setxattr(path, "user.zstack.platform", b"Windows")
+    os.setxattr(path, "user.zstack.architecture", b"aarch64")
+    os.setxattr(path, "user.zstack.guestOsType", b"Windows 10")
+    inv = api.post_create(vol).json()["inventory"]
+    assert (inv["platform"], inv["architecture"], inv["guestOsType"]) == ("Windows", "aarch64", "Windows 10")
+    assert inv["virtio"] is False
+
+
+def test_an_operator_can_still_set_defaults(tmp_path):
+    raw, ps_root, _ = make_agent(tmp_path, {"platform": "Linux", "architecture": "x86_64", "virtio": True})
+    with running_agent(raw) as agent:
+        vol, _ = file_volume(ps_root)
+        inv = agent.post_create(vol).json()["inventory"]
+    assert (inv["platform"], inv["architecture"], inv["guestOsType"], inv["virtio"]) == (
+        "Linux", "x86_64", None, True)
