@@ -61,12 +61,20 @@ class AuthSettings:
 
 @dataclass(frozen=True)
 class ImageDefaults:
-    """Inventory fields a data volume has no say in, unless the volume's metadata records them."""
+    """Inventory fields of a template whose volume's metadata does not record them (None: null).
 
-    platform: str = "Linux"
-    architecture: str = "x86_64"
+    The defaults are ZStack's own for data volume templates: platform, architecture and guestOsType
+    null, virtio false. Its CreateDataVolumeTemplateMessage hard-codes them (zstackio/zstack
+    header/src/main/java/org/zstack/header/image/CreateDataVolumeTemplateMessage.java l.12-45: the
+    getters return null/false and the setters are no-ops), and ImageManagerImpl.createImageInDb stores
+    them as they are (image/src/main/java/org/zstack/image/ImageManagerImpl.java l.670-673); nothing is
+    inherited from the volume or its VM (image/.../ImageMessageFiller.java fillDefault l.21-24 returns at
+    once for a DataVolumeTemplate). An operator may still set them."""
+
+    platform: str | None = None
+    architecture: str | None = None
     guest_os_type: str | None = None
-    virtio: bool = True
+    virtio: bool = False
 
 
 @dataclass(frozen=True)

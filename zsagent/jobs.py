@@ -46,8 +46,10 @@ class Job:
     state: see the module docstring; phase: what it is doing (queued | snapshot | copying | publishing |
     done | failed); bytes_done / bytes_total: the copy's progress; cancel / cancel_reason: the switch the
     copy polls; errors: per backup storage failures, also on success; point_in_time: how consistent the
-    copy is (zsagent.virt); webhook: where the result is POSTed; timeout_s: the API timeout (None: none);
-    done: set once ``body`` (the answer) is there; finished_epoch: when, in seconds since 1970.
+    copy is (zsagent.virt); webhook: where the result is POSTed; webhook_body: makes the web hook's body
+    from ``body`` (the API adds ZStack's schema map there when the request asked for it); timeout_s: the
+    API timeout (None: none); done: set once ``body`` (the answer) is there; finished_epoch: when, in
+    seconds since 1970.
     """
 
     uuid: str = field(default_factory=lambda: uuidlib.uuid4().hex)
@@ -60,6 +62,7 @@ class Job:
     errors: list[dict[str, Any]] = field(default_factory=list)
     point_in_time: dict[str, Any] | None = None
     webhook: str | None = None
+    webhook_body: Callable[[dict[str, Any]], dict[str, Any]] | None = field(default=None, repr=False)
     timeout_s: float | None = None
     timed_out: bool = False
     done: threading.Event = field(default_factory=threading.Event)
@@ -182,9 +185,10 @@ class JobManager:
 
     def _post_webhook(self, job: Job) -> None:
         headers = {"X-Job-UUID": job.uuid, "X-Job-Success": "true" if job.success else "false"}
+        body = job.webhook_body(job.body) if job.webhook_body is not None else job.body
         for attempt in range(self.webhook_attempts):
             try:
-                answer = httpx.post(job.webhook, json=job.body, headers=headers, timeout=10)
+                answer = httpx.post(job.webhook, json=body, headers=headers, timeout=10)
                 if answer.status_code < 300:
                     return
                 reason = f"HTTP {answer.status_code}"

@@ -3,8 +3,9 @@
 Strings are trimmed; ``name`` is required (empty allowed) and at most NAME_MAX_CHARS characters;
 ``description`` at most DESCRIPTION_MAX_CHARS; uuids match UUID_PATTERN (32 lowercase hex digits);
 ``resourceUuid`` must also match ZStack's uuid pattern; ``backupStorageUuids`` omitted means
-"choose", ``[]`` or null elements are invalid; ``systemTags`` must match one of SYSTEM_TAGS;
-``userTags`` and ``tagUuids`` are kept as given.
+"choose", ``[]`` or null elements are invalid; ``systemTags`` and ``userTags`` are read at the top level
+and inside ``params`` (where ZStack's SDK puts them), merged; each system tag must match one of
+SYSTEM_TAGS; ``userTags`` and ``tagUuids`` are kept as given.
 """
 
 from __future__ import annotations
@@ -98,18 +99,33 @@ def parse_body(raw: bytes | str | dict, path_volume_uuid: str | None = None) -> 
         raise invalid(f"field 'resourceUuid' {resource_uuid!r} is not a valid ZStack uuid "
                       "(32 lowercase hex digits, version 1-5, variant 8-b)")
     tag_uuids = tuple(_uuid(u, "tagUuids") for u in _string_list(params, "tagUuids"))
-    system_tags = _string_list(body, "systemTags")
+    system_tags = _tags(body, params, "systemTags")
     for tag in system_tags:
         if not any(r.match(tag) for r in _SYSTEM_TAG_RES):
             raise invalid(f"system tag {tag!r} is not supported; supported patterns: "
                           + ", ".join(SYSTEM_TAGS))
-    user_tags = _string_list(body, "userTags")
+    user_tags = _tags(body, params, "userTags")
     request = CreateRequest(name, description, volume_uuid, bs, resource_uuid or None, tag_uuids,
                             tuple(system_tags), tuple(user_tags))
     if request.system_tag("template::compression") not in (None, "none") \
             and request.system_tag("template::format") == "raw":
         raise invalid("system tag template::compression needs the qcow2 format, not template::format::raw")
     return request
+
+
+def _tags(body: dict[str, Any], params: dict[str, Any], key: str) -> list[str]:
+    """The tags of ``key`` from the top level and from ``params``, merged: first the top level's, then
+    the others of ``params``, each once, in order.
+
+    ZStack's Java SDK puts systemTags/userTags inside ``params`` (sdk/.../ZSClient.java l.484-545: every
+    action parameter goes into ``{parameterName: params}``); ZStack's REST server reads them there (it
+    rehashes ``params`` into the APIMessage, whose systemTags/userTags fields they fill,
+    rest/.../RestServer.java l.960) and at the top level (l.998-1006, for methods other than GET and
+    DELETE). When both are given ZStack keeps only the top level's; merging them loses no tag a client
+    sent, and it is the same whenever only one place has tags. Duplicates go, as ZStack's tag manager
+    drops system tags (tag/.../TagManagerImpl.java intercept l.932).
+    """
+    return list(dict.fromkeys(_string_list(body, key) + _string_list(params, f"params.{key}", key)))
 
 
 def _string(obj: dict[str, Any], key: str, required: bool = False, max_length: int | None = None) -> str | None:
@@ -126,8 +142,9 @@ def _string(obj: dict[str, Any], key: str, required: bool = False, max_length: i
     return value
 
 
-def _string_list(obj: dict[str, Any], key: str) -> list[str]:
-    value = obj.get(key)
+def _string_list(obj: dict[str, Any], key: str, field: str | None = None) -> list[str]:
+    """The list of strings at ``field`` (default: ``key``) of ``obj``; errors name it ``key``."""
+    value = obj.get(field or key)
     if value is None:
         return []
     if not isinstance(value, list):

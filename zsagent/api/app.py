@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from zsagent import errors
 from zsagent.api.query import run_query
+from zsagent.api.schema import Kind, with_schema
 from zsagent.auth import Authenticator, Credentials
 from zsagent.errors import ErrorCode, RestRefusal, ZsError
 from zsagent.jobs import Job, JobManager
@@ -37,6 +39,8 @@ _CREATE_BODY_SCHEMA = {
                 "backupStorageUuids": {"type": "array", "minItems": 1, "items": {"type": "string"}},
                 "resourceUuid": {"type": "string"},
                 "tagUuids": {"type": "array", "items": {"type": "string"}},
+                "systemTags": {"type": "array", "items": {"type": "string"}},
+                "userTags": {"type": "array", "items": {"type": "string"}},
             },
         },
         "systemTags": {"type": "array", "items": {"type": "string"}},
@@ -75,12 +79,13 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
         return auth.authenticate(request.method, request.url.path, request.headers)
 
     async def submit(request: Request, kind: str, work: Callable[[Credentials, Job], dict[str, Any]],
-                     volume_uuid: str | None = None) -> JSONResponse:
+                     answers: Kind, volume_uuid: str | None = None) -> JSONResponse:
         """Run ``work(credentials, job)`` as a job (an access key is checked at once, a session by the job).
         A caller that asks for it (``X-Job-UUID``, as ZStack's SDK
         always sends, ``X-Web-Hook`` or ``Prefer: respond-async``) gets ZStack's 202 with the job's location
         and its timeout in ms (RestServer.java sendMessage l.1253-1275) and polls; a plain call (the API
-        page's curl example) waits and gets the result (200) or the error (its status in errors.HTTP_STATUS)."""
+        page's curl example) waits and gets the result (200) or the error (its status in errors.HTTP_STATUS).
+        ``answers``: the kind of answer, for ZStack's schema map (zsagent.api.schema)."""
         credentials = auth.credentials(request.method, request.url.path, request.headers)  # RestRefusal at once
         if not app.state.accepting:
             raise errors.operation_failed("the agent is shutting down; retry on another agent or later")
@@ -96,7 +101,8 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
                 timeout_s = int(requested.strip())
             except ValueError:  # Long.parseLong's exception, answered as any unexpected one (l.686-688)
                 raise RestRefusal(500, f'For input string: "{requested}"') from None
-        job = Job(webhook=request.headers.get("x-web-hook"), timeout_s=timeout_s)
+        job = Job(webhook=request.headers.get("x-web-hook"), timeout_s=timeout_s,
+                  webhook_body=partial(with_schema, kind=answers, headers=dict(request.headers)))
         if job_uuid is not None:
             job.uuid = job_uuid
         jobs.submit(job, lambda running: work(credentials, running), volume_uuid=volume_uuid)
@@ -105,7 +111,7 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
             return JSONResponse({"location": location, "apiTimeout": timeout_s * 1000}, status_code=202)
         await asyncio.to_thread(job.done.wait)
         if job.success:
-            return JSONResponse(job.body)
+            return JSONResponse(with_schema(job.body, answers, request.headers))
         # zsagent's own synchronous mode keeps its status per error (400 invalid, 404 not found, ...)
         return JSONResponse(job.body, status_code=errors.HTTP_STATUS.get(job.body["error"]["code"], 500))
 
@@ -123,17 +129,19 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
             create = parse_body(body, volumeUuid)
             return {"inventory": service.create_template(create, account, running)}
 
-        return await submit(request, "create", work, volume_uuid=volumeUuid)
+        return await submit(request, "create", work, Kind.CREATE, volume_uuid=volumeUuid)
 
     @app.get(f"{API}/api-jobs/{{jobUuid}}", summary="Poll an asynchronous job")
-    async def poll_job(jobUuid: str) -> Response:  # noqa: N803
-        """RestServer.java handleJobQuery l.705-740: no Authorization needed; unknown or expired: 404."""
+    async def poll_job(jobUuid: str, request: Request) -> Response:  # noqa: N803
+        """RestServer.java handleJobQuery l.705-740: no Authorization needed; unknown or expired: 404; the
+        schema map as the polling request asks (a delete's answer, ``{}``, has none either way)."""
         view = jobs.view(jobUuid)
         if view is None:
             return PlainTextResponse("the job has been expired", status_code=404)
         if view.running:
             return JSONResponse({}, status_code=202)
-        return JSONResponse(view.body, status_code=200 if view.success else 503)
+        return JSONResponse(with_schema(view.body, Kind.CREATE, request.headers),
+                            status_code=200 if view.success else 503)
 
     @app.delete(f"{API}/api-jobs/{{jobUuid}}", summary="Cancel a running job (zsagent's own)")
     async def cancel_job(jobUuid: str, request: Request) -> JSONResponse:  # noqa: N803
@@ -155,21 +163,23 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
             return JSONResponse({"inventories": []})
         progress = view.progress or {"phase": "done" if view.success else "failed",
                                      "percent": 100, "bytesDone": None, "bytesTotal": None}
-        return JSONResponse({"inventories": [{"taskUuid": jobUuid, "type": "Progress",
-                                              "content": str(progress["percent"]), **progress}]})
+        return JSONResponse(with_schema({"inventories": [{"taskUuid": jobUuid, "type": "Progress",
+                                                          "content": str(progress["percent"]), **progress}]},
+                                        Kind.TASK_PROGRESS, request.headers))
 
     @app.get(f"{API}/images/{{uuid}}", summary="Get one image")
     async def get_image(uuid: str, request: Request) -> JSONResponse:
         """A query by uuid (header/.../image/APIQueryImageMsg.java): none found is an empty list."""
         account = account_for(request)
         found = [i for i in service.list_images(account) if i["uuid"] == uuid]
-        return JSONResponse({"inventories": found})
+        return JSONResponse(with_schema({"inventories": found}, Kind.QUERY_IMAGES, request.headers))
 
     @app.get(f"{API}/images", summary="Query images")
     async def list_images(request: Request) -> JSONResponse:
         """ZStack's query parameters (zsagent.api.query); an account sees its own images only."""
         account = account_for(request)
-        return JSONResponse(run_query(service.list_images(account), request.query_params.multi_items()))
+        found = run_query(service.list_images(account), request.query_params.multi_items())
+        return JSONResponse(with_schema(found, Kind.QUERY_IMAGES, request.headers))
 
     @app.delete(f"{API}/images/{{uuid}}", summary="Delete an image and its bits on every backup storage")
     async def delete_image(uuid: str, request: Request) -> JSONResponse:
@@ -179,7 +189,7 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
             service.delete_image(uuid, missing_ok=True, account_uuid=auth.account_of(credentials))
             return {}
 
-        return await submit(request, "delete", work)
+        return await submit(request, "delete", work, Kind.DELETE)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
