@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from zsagent import errors
+from zsagent.api.classic import add_classic_routes
 from zsagent.api.query import parse_conditions
 from zsagent.auth import session_from_header
 from zsagent.errors import ErrorCode, ZsError
@@ -155,4 +156,5 @@ def create_app(service: TemplateService, jobs: JobManager, sessions) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    add_classic_routes(app, service, jobs, sessions)
     return app
