@@ -209,11 +209,15 @@ def add_classic_routes(app: FastAPI, service: TemplateService, jobs: JobManager,
                              "result": _result_text(answer_class, event)})
 
     # zstack-mcp-server posts to "/zstack/api/" (with the slash), ZStack's own clients to "/zstack/api":
-    # Spring MVC maps both to the same handler, and so does this agent.
+    # Spring MVC maps both to the same handler, and so does this agent. PUT works as POST (and as GET for
+    # results) but stays out of the OpenAPI document, which has one operation per route.
     for path in (API_CALL, API_CALL + "/"):
-        app.add_api_route(path, call, methods=["POST", "PUT"], summary="ZStack classic API call",
-                          include_in_schema=path == API_CALL)
-    app.add_api_route(API_RESULT, result, methods=["GET", "PUT"], summary="ZStack classic API result")
+        for method in ("POST", "PUT"):
+            app.add_api_route(path, call, methods=[method], summary="ZStack classic API call",
+                              include_in_schema=(path, method) == (API_CALL, "POST"))
+    for method in ("GET", "PUT"):
+        app.add_api_route(API_RESULT, result, methods=[method], summary="ZStack classic API result",
+                          include_in_schema=method == "GET")
 
 
 def _decode(raw: bytes) -> tuple[str, dict[str, Any]]:
