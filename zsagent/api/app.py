@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from zsagent import errors
+from zsagent.api.classic import add_classic_routes
 from zsagent.api.query import run_query
 from zsagent.api.schema import Kind, with_schema
 from zsagent.auth import Authenticator, Credentials
@@ -199,4 +200,5 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    add_classic_routes(app, service, jobs, auth)
     return app
