@@ -50,6 +50,15 @@ _CREATE_BODY_SCHEMA = {
 }
 
 
+_QUERY_PARAMETERS = [
+    {"name": "q", "in": "query", "required": False, "schema": {"type": "array", "items": {"type": "string"}},
+     "description": "<field><op><value>, ops = != > >= < <= ?= !?= ~= !~=, or '<field> is null|not null'"},
+    *({"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+      for name, kind in (("limit", "integer"), ("start", "integer"), ("sort", "string"), ("count", "boolean"),
+                         ("replyWithCount", "boolean"), ("fields", "string"))),
+]
+"""What zsagent.api.query takes, for the OpenAPI document."""
+
 ASYNC_TIMEOUTS_S = {"create": 72 * 3600, "delete": 5 * 60}
 """ZStack's default API timeouts: 72 h for APICreateDataVolumeTemplateFromVolumeMsg
 (core/src/main/java/org/zstack/core/timeout/ApiTimeoutGlobalProperty.java l.26), 5 min for the rest
@@ -175,7 +184,7 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
         found = [i for i in service.list_images(account) if i["uuid"] == uuid]
         return JSONResponse(with_schema({"inventories": found}, Kind.QUERY_IMAGES, request.headers))
 
-    @app.get(f"{API}/images", summary="Query images")
+    @app.get(f"{API}/images", summary="Query images", openapi_extra={"parameters": _QUERY_PARAMETERS})
     async def list_images(request: Request) -> JSONResponse:
         """ZStack's query parameters (zsagent.api.query); an account sees its own images only."""
         account = account_for(request)
