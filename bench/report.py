@@ -1,22 +1,21 @@
-"""Turns the raw measurements into the table and the JSON document."""
+"""Turns the raw measurements into the table and the JSON document; from a results JSON again:
+
+    python bench/report.py RESULTS.json                   the table and the targets
+    python bench/report.py --chart RESULTS.json OUT.svg   the chart (bench/chart.py)
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 from common import MiB, Summary
-
-TARGETS = {
-    "dense_vs_zstack": 1.5,
-    "dense_vs_shell": 1.25,
-    "dense_efficiency": 0.90,
-    "peak_rss_mib": 300,
-    "concurrent_speedup": 1.7,
-}
+from targets import LIMITS, QEMU_IMG_QCOW2, QEMU_IMG_RAW, RATIO_TARGETS, SHELL_RBD, ZSTACK_RBD
 
 
 def paired_ratio(numerators: list[float], denominators: list[float]) -> float | None:
@@ -25,14 +24,21 @@ def paired_ratio(numerators: list[float], denominators: list[float]) -> float | 
     return statistics.median(pairs) if pairs else None
 
 
+def measured_ratio(raw: dict, volume: str, tool: str, baseline: str) -> float | None:
+    """How many times faster ``tool`` ran than ``baseline`` on ``volume``: median of per-repetition ratios of
+    their seconds. ``raw[volume][tool]`` is the list of run dicts (``seconds``), one per repetition."""
+    runs = raw.get(volume, {})
+    if tool not in runs or baseline not in runs:
+        return None
+    return paired_ratio([r["seconds"] for r in runs[baseline]], [r["seconds"] for r in runs[tool]])
+
+
 def fmt_ratio(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "-"
 
 
-ZSTACK_RBD = "zstack: deep cp + export|md5sum"
-SHELL_RBD = "shell: export|tee(md5sum)|import"
-ZSTACK_FILE = "qemu-img convert -O qcow2 + md5sum"
-RAW_FILE = "qemu-img convert -O raw + md5sum"
+ZSTACK_FILE = QEMU_IMG_QCOW2
+RAW_FILE = QEMU_IMG_RAW
 NBDCOPY = ("nbdcopy (no md5)", "nbdcopy read -> null: (no md5, no write)")
 
 
@@ -115,23 +121,17 @@ def render(rows: list[dict], concurrent: dict | None) -> str:
     return "\n".join(lines)
 
 
-def targets(rows: list[dict], concurrent: dict | None, volumes: dict) -> list[dict]:
-    """The goals of the brief, each with the measured number and met/not met."""
+def targets(rows: list[dict], concurrent: dict | None, volumes: dict, raw: dict) -> list[dict]:
+    """The goals (bench/targets.py), each with the measured number and met/not met; ``raw`` as in build_rows."""
     out = []
-
-    def find(volume: str, tool: str) -> dict | None:
-        return next((r for r in rows if r["volume"] == volume and r["tool"] == tool), None)
-
-    for tool in [r["tool"] for r in rows if r["volume"] == "dense" and r["tool"].startswith("ours (copy)")]:
-        dense = find("dense", tool)
-        sp = dense.get("speedup", {})
-        for key, label in (("dense_vs_zstack", "main"), ("dense_vs_shell", "second")):
-            value = sp.get(label)
-            out.append({"target": f"{key} [{tool}]", "goal": TARGETS[key], "value": value,
-                        "met": value is not None and value >= TARGETS[key]})
-        out.append({"target": f"dense_efficiency [{tool}]", "goal": TARGETS["dense_efficiency"],
+    for goal in RATIO_TARGETS:
+        value = measured_ratio(raw, goal.volume, goal.tool, goal.baseline)
+        out.append({"target": goal.name, "goal": goal.goal, "value": value,
+                    "met": value is not None and value >= goal.goal})
+    for dense in [r for r in rows if r["volume"] == "dense" and r["tool"].startswith("ours (copy)")]:
+        out.append({"target": f"dense_efficiency [{dense['tool']}]", "goal": LIMITS["dense_efficiency"],
                     "value": dense["efficiency"],
-                    "met": (dense["efficiency"] or 0) >= TARGETS["dense_efficiency"]})
+                    "met": (dense["efficiency"] or 0) >= LIMITS["dense_efficiency"]})
     sparse_ok = []
     for row in rows:
         if row["tool"].startswith("ours") and row.get("bytes_read") is not None:
@@ -142,11 +142,11 @@ def targets(rows: list[dict], concurrent: dict | None, volumes: dict) -> list[di
         values = [r["peak_rss_mib"] for r in rows if r["tool"].startswith("ours") and pick(r["tool"])]
         if values:
             rss = max(values)
-            out.append({"target": f"peak RSS per copy, {label} (MiB)", "goal": f"< {TARGETS['peak_rss_mib']}",
-                        "value": rss, "met": rss < TARGETS["peak_rss_mib"]})
+            out.append({"target": f"peak RSS per copy, {label} (MiB)", "goal": f"< {LIMITS['peak_rss_mib']}",
+                        "value": rss, "met": rss < LIMITS["peak_rss_mib"]})
     if concurrent:
-        out.append({"target": "4 concurrent copies: aggregate vs one at a time", "goal": TARGETS["concurrent_speedup"],
-                    "value": concurrent["speedup"], "met": concurrent["speedup"] >= TARGETS["concurrent_speedup"]})
+        out.append({"target": "4 concurrent copies: aggregate vs one at a time", "goal": LIMITS["concurrent_speedup"],
+                    "value": concurrent["speedup"], "met": concurrent["speedup"] >= LIMITS["concurrent_speedup"]})
     return out
 
 
@@ -154,7 +154,7 @@ def render_targets(items: list[dict]) -> str:
     lines = ["targets:"]
     for item in items:
         value = item["value"]
-        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+        shown = f"{value:.2f}" if isinstance(value, float) else ("not measured" if value is None else str(value))
         lines.append(f"  [{'met' if item['met'] else 'NOT met'}] {item['target']}: {shown} (goal {item['goal']})")
     return "\n".join(lines)
 
@@ -164,3 +164,37 @@ def write_json(directory: Path, document: dict) -> Path:
     path = directory / f"{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     return path
+
+
+def write_chart(json_path: Path, svg_path: Path | None = None) -> Path:
+    """Render the chart of the results at ``json_path`` to ``svg_path`` (default: beside it, .svg)."""
+    from chart import render_chart
+
+    svg_path = svg_path or json_path.with_suffix(".svg")
+    svg_path.write_text(render_chart(json.loads(json_path.read_text()), source=json_path.name))
+    return svg_path
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description="the table and targets, or the chart, of a bench results JSON")
+    p.add_argument("--chart", action="store_true", help="write the SVG chart instead of printing the table")
+    p.add_argument("results", type=Path, help="bench/results/<timestamp>.json")
+    p.add_argument("out", type=Path, nargs="?", help="with --chart: the SVG to write (default: beside the JSON)")
+    args = p.parse_args(argv)
+    if args.chart:
+        print(write_chart(args.results, args.out))
+        return 0
+    document = json.loads(args.results.read_text())
+    if "rows" not in document:
+        print(f"{args.results}: no table (a sweep run?)", file=sys.stderr)
+        return 1
+    print(render(document["rows"], document.get("concurrent")))
+    print()
+    print(render_targets(targets(document["rows"], document.get("concurrent"), document["volumes"],
+                                 document.get("raw", {}))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main(sys.argv[1:]))

@@ -32,6 +32,7 @@ from setup_env import (  # noqa: E402
     create_qcow2_chain,
     create_rbd_volume,
 )
+from targets import LIMITS  # noqa: E402
 
 WORKER = str(Path(__file__).resolve().parent / "worker.py")
 
@@ -262,7 +263,7 @@ class Bench:
                           "seconds_median": statistics.median(r["seconds"] for r in rs),
                           "seconds_min": min(r["seconds"] for r in rs),
                           "peak_rss_mib": max(r["hwm_kib"] for r in rs) / 1024})
-        eligible = [t for t in table if t["peak_rss_mib"] < report.TARGETS["peak_rss_mib"]] or table
+        eligible = [t for t in table if t["peak_rss_mib"] < LIMITS["peak_rss_mib"]] or table
         best = min(eligible, key=lambda t: t["seconds_median"])
         return {"volume": "dense", "size": vol.size, "grid": table, "best": best}
 
@@ -341,7 +342,7 @@ def main(argv: list[str]) -> int:
             rows = report.build_rows(volumes, bench.results)
             concurrent = bench.concurrent_summary()
             table = report.render(rows, concurrent)
-            goals = report.targets(rows, concurrent, volumes)
+            goals = report.targets(rows, concurrent, volumes, bench.results)
             print(table)
             print()
             print(report.render_targets(goals))
@@ -349,7 +350,10 @@ def main(argv: list[str]) -> int:
         facts["loadavg_end"] = os.getloadavg()
         document["elapsed_s"] = time.perf_counter() - started
         path = report.write_json(args.results_dir, document)
-        print(f"\nwritten: {_shown(path)} ({document['elapsed_s'] / 60:.1f} min)")
+        shown = _shown(path)
+        if not args.sweep:
+            shown += f", {_shown(report.write_chart(path))}"
+        print(f"\nwritten: {shown} ({document['elapsed_s'] / 60:.1f} min)")
         return 0
     finally:
         ws.close()
