@@ -103,9 +103,13 @@ def host_facts() -> dict:
         mem_kib = 0
     try:
         from zsagent.copy import md5 as md5_mod
+        from zsagent.copy import md5_choice
 
+        # Measured fresh (no cache) with the agent's own start-up measurement: the figures of this run's host.
+        choice = md5_choice.evaluate(None, env={})
         native_md5 = {"built": md5_mod.native is not None, "kernel": md5_mod.NATIVE_KERNEL,
-                      "used_by_new_md5": md5_mod.USE_NATIVE}
+                      "figures_mib_s": choice.figures, "choice": choice.impl, "method": md5_choice.METHOD,
+                      "summary": choice.summary()}
     except ImportError:
         native_md5 = {"built": False}
     return {

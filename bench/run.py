@@ -74,12 +74,15 @@ def osd_cpu_s(pid: int | None) -> float:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, ws: Workspace) -> None:
+    def __init__(self, args: argparse.Namespace, ws: Workspace, facts: dict) -> None:
         self.args = args
         self.ws = ws
         self.cluster = ws.cluster
         self.env = dict(self.cluster.env)
-        self.env.pop("ZSAGENT_MD5", None)
+        # Every worker uses the implementation the agent would choose here (host_facts measured it), given
+        # through the override so that no worker measures again inside its timed run.
+        chosen = facts["native_md5"].get("choice", "hashlib")
+        self.env["ZSAGENT_MD5"] = "hashlib" if chosen == "hashlib" else "native"
         self.volumes: dict[str, Volume] = {}
         self.results: dict[str, dict[str, list[dict]]] = {}
         self.concurrent_runs: list[dict] = []
@@ -315,10 +318,11 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     facts = host_facts()
     log(f"host: {facts['cpu_model']}, {facts['cores']} cores, load {facts['loadavg_start'][0]:.1f}")
+    log(facts["native_md5"].get("summary", "MD5: zsagent not importable"))
     ws = Workspace(bluestore_bytes=max(20 * GiB, int(24 * GiB * args.scale)), keep=args.keep)
     try:
         ws.cluster.up()
-        bench = Bench(args, ws)
+        bench = Bench(args, ws, facts)
         names = ["dense"] if args.sweep else [n for n in args.volumes.split(",") if n]
         bench.make_volumes(names)
         volumes = {n: {"kind": v.kind, "size": v.size, "allocated": v.allocated, "written": v.written}

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from zsagent.api import create_app
 from zsagent.auth import AccessKeysFile, Authenticator, ManagementNodeSessions, SessionsFile
 from zsagent.config import Config
+from zsagent.copy import md5
 from zsagent.jobs import JobManager
 from zsagent.service import ADMIN_ACCOUNT_UUID, TemplateService
 from zsagent.store import Store
@@ -44,6 +45,7 @@ def sessions_for(config: Config) -> Authenticator:
 def build_agent(config: Config) -> Agent:
     """Open the store, reconcile what a previous run left behind, and build the app."""
     os.makedirs(config.agent.data_dir, exist_ok=True)
+    md5.choose(config.agent.data_dir)  # measured once per CPU and library version, before the first copy
     store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
     service = TemplateService(config, store)
     interrupted = service.reconcile()

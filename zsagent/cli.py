@@ -36,9 +36,11 @@ def load_or_exit(path: str) -> Config:
 
 
 def open_service(config: Config):
+    from zsagent.copy import md5
     from zsagent.service import TemplateService
     from zsagent.store import Store
 
+    md5.choose(config.agent.data_dir)  # the cached choice the daemon uses (measured if none yet)
     store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
     return TemplateService(config, store)
 
