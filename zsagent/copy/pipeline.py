@@ -126,11 +126,21 @@ class _Copy:
     # -- errors -----------------------------------------------------------------------------------
 
     def fail(self, error: BaseException) -> None:
-        """Record the first fatal error and stop everything."""
+        """Record the first fatal error and stop everything (sinks with ``interrupt()`` are told, so that
+        none keeps a writer waiting)."""
         with self.lock:
-            if self.error is None:
+            first = self.error is None
+            if first:
                 self.error = error
         self.stop.set()
+        if first:
+            for sink in self.sinks:
+                interrupt = getattr(sink, "interrupt", None)
+                if interrupt is not None:
+                    try:
+                        interrupt()
+                    except Exception:  # noqa: BLE001 - the first error is what the caller gets
+                        log.exception("interrupt of %s failed", sink.description)
 
     def drop_sink(self, sink: Sink, error: BaseException, action: str) -> None:
         """Take a failed sink out of the copy; the copy goes on while another sink is alive."""
@@ -276,7 +286,9 @@ class _Copy:
                 self.fifo.put((piece, None))
                 continue
             while not self.slots.acquire(timeout=0.1):
-                if self.stop.is_set() or self.cancel.is_set():
+                if self.cancel.is_set():
+                    self.fail(CopyCancelled())
+                if self.stop.is_set():
                     return
             self.fifo.put((piece, pool.submit(self.read_chunk, piece)))
 
