@@ -259,10 +259,22 @@ class _Copy:
                 self.check_cancel()
             except CopyCancelled as e:
                 self.fail(e)
+        if self.error is None:
+            self._confirm_source_unchanged()
         if self.error is not None:
             self._abort_all()
             raise self.error
         return self._commit_all()
+
+    def _confirm_source_unchanged(self) -> None:
+        """After the last read, before anything is published: the source held still (see Source)."""
+        confirm = getattr(self.source, "confirm_unchanged", None)
+        if confirm is None:
+            return
+        try:
+            confirm()
+        except Exception as e:  # noqa: BLE001 - SourceChanged, or the check itself failed
+            self.fail(SourceError(f"the volume did not stay as it was while it was copied: {e}"))
 
     def _open_sinks(self, extents: list[Extent]) -> None:
         self.live = list(self.sinks)

@@ -17,6 +17,7 @@ from zsagent.copy.extents import Extent
 from zsagent.processes import stop_process
 from zsagent.sources.base import QemuInput
 from zsagent.sources.nbd import NbdSource
+from zsagent.sources.unchanged import FileIdentity
 
 
 class QemuNbdSource:
@@ -31,6 +32,7 @@ class QemuNbdSource:
                  start_timeout_s: float = 10.0) -> None:
         self.path = os.fspath(path)
         self.qemu_input: QemuInput | None = (image_format, os.path.abspath(self.path))
+        self._identity = FileIdentity(self.path)  # the top image file (its backing files are not watched)
         self._dir = tempfile.mkdtemp(prefix="zsagent-nbd-")
         self._socket = os.path.join(self._dir, "nbd.sock")
         self._server: subprocess.Popen | None = None
@@ -68,6 +70,10 @@ class QemuNbdSource:
 
     def read(self, offset: int, length: int) -> bytes:
         return self._export.read(offset, length)
+
+    def confirm_unchanged(self) -> None:
+        """SourceChanged when the image file was deleted, replaced, resized or written while it was read."""
+        self._identity.confirm()
 
     def close(self) -> None:
         if self._export is not None:
