@@ -21,3 +21,8 @@ bench: setup
 .PHONY: bench-sftp
 bench-sftp: setup
 	.venv/bin/python bench/sftp.py $(BENCH_ARGS)
+
+# Everything, the slow and load-sensitive `reliability` tests too (tests/reliability, README "Faults").
+.PHONY: reliability
+reliability: setup
+	scripts/run-tests -m "reliability or not reliability" $(PYTEST_ARGS)

@@ -92,7 +92,8 @@ class TemplateService:
             self.metrics.queued.inc()
             queued = True
             try:
-                with self.admission.volume(volume.uuid), self.admission.slot(job.cancel, lambda: job.cancel_reason):
+                reason = lambda: job.cancel_reason  # noqa: E731
+                with self.admission.volume(volume.uuid, job.cancel, reason), self.admission.slot(job.cancel, reason):
                     self.metrics.queued.dec()
                     queued = False
                     job.set_state(JobState.RUNNING)
