@@ -296,7 +296,9 @@ class MnSimulator:
         thread_context: the command class implements HasThreadContext, so Gson writes the AspectJ fields
         `threadContext`, `threadContextStack`, `taskContext` (HasThreadContextAspect.aj l.8-29; values the
         caller put in `cmd` under those names win). timeout_ms: the message timeout (72 h for this API);
-        deadline_ms: epoch ms, default now + timeout_ms. kvm_host_uuid: a KVMHost call, which adds header
+        deadline_ms: epoch ms, default now + timeout_ms. Fields come out in `cmd`'s order, then the context
+        fields (Gson's own order is subclass fields before superclass fields; agents must not depend on
+        it). kvm_host_uuid: a KVMHost call, which adds header
         X-Resource-UUID and appends `kvmHostAddons` (default {}) to the JSON text.
         """
         if kvm_host_addons is not None and kvm_host_uuid is None:
@@ -334,12 +336,13 @@ class MnSimulator:
         payload = text.encode("utf-8")
         call = PendingCall(url, headers[0][1], api_id, payload, headers, timeout_ms, deadline)
         if deadline < sent_ms:
-            # ApiTimeoutManagerImpl.getTimeout l.307-317 gives 1 ms, and asyncJson l.310-313 fails without posting
+            # ApiTimeoutManagerImpl.getTimeout l.307-317 gives 1 ms, and asyncJson l.310-313 fails without
+            # posting; kept in the table only so the test can look at it (a callback for it gets 404)
             call.fail("SYS.1001", f"url: {url}, current timeout: 1, api message timeout, skip post async call")
-            return call
         with self._lock:
             self._calls[call.task_uuid] = call
-        self._send(call)
+        if deadline >= sent_ms:
+            self._send(call)
         return call
 
     def _pool(self, host: str, port: int) -> _RoutePool:
@@ -461,10 +464,12 @@ class MnSimulator:
     def _on_send_command(self, request: RawRequest) -> RawResponse:
         command_path = request.header(COMMAND_PATH_HEADER)
         if command_path is None:
-            self.rejected_progress.append((400, request))
+            with self._lock:
+                self.rejected_progress.append((400, request))
             return RawResponse(400, b"No 'commandPath' found in the header")
         if command_path != PROGRESS_REPORT_PATH:
-            self.rejected_progress.append((404, request))
+            with self._lock:
+                self.rejected_progress.append((404, request))
             return RawResponse(404, f"no handler found for the command path[{command_path}]".encode())
         try:
             parsed = json.loads(servlet_body_text(request))
@@ -472,7 +477,8 @@ class MnSimulator:
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             # the handler's Gson parse throws, and sendCommand answers 500 (l.246-252)
-            self.rejected_progress.append((500, request))
+            with self._lock:
+                self.rejected_progress.append((500, request))
             return RawResponse(500, str(exc).encode())
         with self._lock:
             self.progress_reports.append(ProgressReport(request.raw_headers, request.body, parsed))

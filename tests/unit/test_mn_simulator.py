@@ -182,3 +182,26 @@ def test_echo_is_synchronous_and_sync_paths_refuse_a_taskuuid(mn, agent):
     with pytest.raises(MnCallFailed):
         call.result(1)
 
+
+
+def test_agent_records_the_request_head_byte_for_byte(agent):
+    head = (b"POST /ceph/primarystorage/volume/cp HTTP/1.1\r\nHost: x\r\nTASKUUID:  " + b"b" * 32 +
+            b"\r\nx-Odd-Case: v\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", int(agent.url.rsplit(":", 1)[1])), timeout=5) as conn:
+        conn.sendall(head + b"3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n")
+        assert conn.recv(1024).startswith(b"HTTP/1.1 200 ")
+    [seen] = agent.received
+    assert seen.head == head
+    assert seen.raw_headers[1:3] == [(b"TASKUUID", b"b" * 32), (b"x-Odd-Case", b"v")]
+    assert seen.body == b'{"a":1}'
+
+
+def test_callback_body_is_read_as_the_mn_servlet_reads_it(mn, agent):
+    agent.reply_with(CP, {}, delay_s=0.5)  # keep the agent's own callback out of the way
+    call = mn.post_command(agent.url, CP, {})
+    # no charset in Content-Type: the servlet decodes ISO-8859-1, so raw UTF-8 arrives mangled;
+    # line breaks are dropped before parsing
+    body = '{"success": false,\n "error": "disque plein: é"}'.encode()
+    status, _ = raw_post(mn.callback_url, body, {"taskuuid": call.task_uuid, "Content-Type": "application/json"})
+    assert status == 200
+    assert call.result(5) == {"success": False, "error": "disque plein: Ã©"}
