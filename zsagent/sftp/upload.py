@@ -205,19 +205,25 @@ class RemoteUpload:
         return self._sessions[0].write_bytes if self._sessions else self.settings.request_bytes
 
     def _pick(self) -> tuple[SftpClient, bytes]:
-        """The session with the fewest unanswered WRITEs (round robin among equals)."""
-        sessions = self._sessions
-        if not sessions:
-            if self._generation and not self._interrupted.is_set():  # a reconnection is under way
-                raise ConnectionLost(f"upload of {self.part} to {self.target} is reconnecting", self.target)
+        """The session with the fewest unanswered WRITEs (round robin among equals); ConnectionLost while
+        a reconnection is under way (the caller then waits for it in ``_resume``)."""
+        if self._resume_error is not None:
+            raise self._resume_error
+        if self._generation % 2:  # odd while a reconnection runs
+            raise ConnectionLost(f"upload of {self.part} to {self.target} is reconnecting", self.target)
+        return self._choose()
+
+    def _choose(self) -> tuple[SftpClient, bytes]:
+        sessions, handles = self._sessions, self._handles
+        if not sessions or len(handles) != len(sessions):
             raise SftpError(f"upload of {self.part} to {self.target} is not open", self.target)
         if len(sessions) == 1:
-            return sessions[0], self._handles[0]
+            return sessions[0], handles[0]
         with self._lock:
             self._turn = (self._turn + 1) % len(sessions)
             order = sessions[self._turn:] + sessions[:self._turn]
         best = min(order, key=lambda s: s.channel.writes_in_flight)
-        return best, self._handles[sessions.index(best)]
+        return best, handles[sessions.index(best)]
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Send ``data`` for ``offset`` (pipelined: returns once ssh has it). Raises what went wrong
@@ -275,14 +281,14 @@ class RemoteUpload:
                 raise self._resume_error
             if generation != self._generation:
                 return  # reconnected meanwhile: just try again
-            self._generation += 1  # from here on, _pick() sends writers here to wait
+            self._generation += 1  # odd: from here on, _pick() sends writers here to wait
             try:
                 self._reconnect(error)
             except BaseException as e:
                 self._resume_error = e  # the other writers fail with it, without reconnecting again
                 raise
             finally:
-                self._generation += 1  # a writer sent here while it ran tries again, on the new sessions
+                self._generation += 1  # even again: a writer sent here meanwhile tries again, on the new sessions
 
     def _reconnect(self, error: ConnectionLost) -> None:
         attempts = self.settings.resume_attempts
@@ -361,7 +367,7 @@ class RemoteUpload:
             self._open_more(self.settings.connections - 1)
         while self._unsent:
             offset, data = self._unsent[0]
-            session, handle = self._pick()
+            session, handle = self._choose()
             session.channel.write(handle, offset, data, self.part, keep=True)
             self._unsent.pop(0)
             with self._lock:
