@@ -56,7 +56,7 @@ def remote_dir(sshd_server):
 @pytest.fixture
 def volume(tmp_path):
     path = tmp_path / "vol.raw"
-    path.write_bytes(os.urandom(48 * MiB))
+    path.write_bytes(os.urandom(32 * MiB))
     return path
 
 
@@ -98,11 +98,11 @@ def test_killed_sshd_session_mid_raw_upload_resumes_with_the_right_md5(volume, s
     assert upload.resumes == 1
     assert result.md5 == md5sum_file(volume) == remote_md5(sshd_server, dst)
     assert remote_tree(sshd_server, remote_dir) == ["new", "new/t.raw"]  # no .part left
-    assert upload.bytes_sent == 48 * MiB  # every byte handed over once ...
+    assert upload.bytes_sent == 32 * MiB  # every byte handed over once ...
     assert upload.bytes_resent <= window_bytes(settings, upload)  # ... and only unconfirmed ones again
     report(f"sftp resume, sshd session killed, raw, {connections} connection(s)",
            f"{upload.bytes_resent} bytes re-sent of a {window_bytes(settings, upload)}-byte window "
-           f"({upload.bytes_resent / MiB:.2f} MiB, 48 MiB upload)")
+           f"({upload.bytes_resent / MiB:.2f} MiB, 32 MiB upload)")
 
 
 def test_connection_reset_mid_qcow2_stream_resumes_and_the_image_is_right(tmp_path, volume, sshd_server, settings,
