@@ -30,6 +30,9 @@ from zsagent.store import Store
 
 log = logging.getLogger(__name__)
 
+EXPIRE_SWEEP_S = 60.0
+"""Seconds between two removals of expired job records from the store."""
+
 
 class JobState(enum.StrEnum):
     QUEUED = "queued"
@@ -126,6 +129,7 @@ class JobManager:
         self.webhook_backoff_s = webhook_backoff_s
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._next_sweep = 0.0  # time.monotonic() of the next DELETE of expired job records
         self._threads: set[threading.Thread] = set()
 
     def submit(self, job: Job, work: Work, volume_uuid: str | None = None) -> Job:
@@ -206,7 +210,8 @@ class JobManager:
             running = not job.done.is_set()
             return JobView(job.uuid, running, job.success, job.body, job.progress_json())
         record = self.store.get_job(job_uuid)
-        if record is None or record.result is None:
+        if record is None or record.result is None or (
+                record.finished_epoch is not None and record.finished_epoch < time.time() - self.retention_s):
             return None
         return JobView(record.uuid, False, _succeeded(record.result), record.result, None)
 
@@ -242,11 +247,19 @@ class JobManager:
         return self.store.get_job(job_uuid) is not None
 
     def expire(self) -> None:
+        """Drop the jobs finished more than ``retention_s`` ago from memory, and from the store at most
+        once per EXPIRE_SWEEP_S: every poll calls this on the API's event loop, and a write there waits
+        for the store behind every running job (``view`` hides expired records meanwhile)."""
         cutoff = time.time() - self.retention_s
+        now = time.monotonic()
         with self._lock:
             for uuid in [u for u, j in self._jobs.items() if j.finished_epoch and j.finished_epoch < cutoff]:
                 del self._jobs[uuid]
-        self.store.forget_jobs_before(cutoff)
+            sweep = now >= self._next_sweep
+            if sweep:
+                self._next_sweep = now + EXPIRE_SWEEP_S
+        if sweep:
+            self.store.forget_jobs_before(cutoff)
 
     def wait_all(self, timeout_s: float | None = None) -> bool:
         """Wait for running jobs; True when none is left."""
