@@ -291,6 +291,15 @@ class Authenticator:
     def authenticate(self, method: str, path: str, headers: Mapping[str, str]) -> str:
         return self.account_of(self.credentials(method, path, headers))
 
+    def caller_or_none(self, method: str, path: str, headers: Mapping[str, str]) -> str | None:
+        """The account the request's credentials name, or None when it has none that check out (no
+        header, ``OAuth null`` as ZStack's SDK polls with, an unknown session, a bad signature): for the
+        calls ZStack answers without credentials (job polls), which then show only what anyone may see."""
+        try:
+            return self.authenticate(method, path, headers)
+        except (RestRefusal, ZsError):
+            return None
+
     def account_of(self, credentials: Credentials) -> str:
         if credentials.account_uuid is not None:
             return credentials.account_uuid

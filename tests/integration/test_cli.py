@@ -25,7 +25,7 @@ from zsagent.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 ZSAGENT = [sys.executable, "-m", "zsagent"]
 MiB = 1024 * 1024
-SESSION = uuid.uuid4().hex
+SESSION, ACCOUNT = uuid.uuid4().hex, uuid.uuid4().hex
 
 
 class Site:
@@ -39,7 +39,7 @@ class Site:
         self.bs = uuid.uuid4().hex
         self.ceph_bs = uuid.uuid4().hex
         self.port = free_port()
-        (tmp / "sessions").write_text(f"{SESSION} {uuid.uuid4().hex}\n")
+        (tmp / "sessions").write_text(f"{SESSION} {ACCOUNT}\n")
         self.config = tmp / "zsagent.toml"
         self.config.write_text(f"""
 [agent]
@@ -82,6 +82,7 @@ pool = "bak"
         with cluster.open_ioctx("pri") as ioctx:
             self.backend.rbd.RBD().create(ioctx, vol, size)
             with self.backend.rbd.Image(ioctx, vol) as image:
+                image.metadata_set("zstack.accountUuid", ACCOUNT)  # the session's account owns it
                 block = os.urandom(MiB)
                 for offset in range(0, size, data_every):
                     image.write(block[: min(MiB, size - offset)], offset)
@@ -323,7 +324,8 @@ def test_sigterm_drains_then_cancels_and_records_why(tmp_path):
     daemon = start_daemon(slow, notify)
     try:
         notify.expect("READY=1")
-        result = httpx.get(f"http://127.0.0.1:{slow.port}/zstack/v1/api-jobs/{job}")
+        result = httpx.get(f"http://127.0.0.1:{slow.port}/zstack/v1/api-jobs/{job}",
+                           headers={"Authorization": f"OAuth {SESSION}"})
         assert result.status_code == 503
         error = result.json()["error"]
         assert error["code"] == "SYS.1017" and "drain time" in error["details"]
