@@ -37,9 +37,11 @@ def load_or_exit(path: str) -> Config:
 
 def open_service(config: Config):
     from zsagent.copy import md5
+    from zsagent.filemodes import private_dir
     from zsagent.service import TemplateService
     from zsagent.store import Store
 
+    private_dir(config.agent.data_dir)
     md5.choose(config.agent.data_dir)  # the cached choice the daemon uses (measured if none yet)
     store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
     return TemplateService(config, store)
@@ -323,7 +325,9 @@ def check(config_path: str) -> None:
         sys.exit(EXIT_FAILED)
     problems = 0
     for ok, what, fix in run_checks(config):
-        if ok:
+        if ok and fix:
+            click.echo(f"warning: {what}\n  fix: {fix}")
+        elif ok:
             click.echo(f"ok: {what}")
         else:
             problems += 1
