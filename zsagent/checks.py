@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from zsagent.ceph import open_backend
 from zsagent.config import Config
 from zsagent.copy import md5_choice
+from zsagent.filemodes import private_dir
 from zsagent.storages import KINDS, Finding, Runtime
 from zsagent.storages.filesystem import writable_dir
 
@@ -36,7 +37,11 @@ def run_checks(config: Config) -> list[Finding]:
 
 def _data_dir(config: Config) -> list[Finding]:
     path = config.agent.data_dir
-    if writable_dir(path, create=True):
+    try:
+        private_dir(path)
+    except OSError:
+        pass  # said below
+    if writable_dir(path):
         found = [(True, f"data_dir {path} is writable", "")]
         if os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             found.append((True, f"data_dir {path} can be entered by other users (it holds the job records)",

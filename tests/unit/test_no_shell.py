@@ -52,7 +52,8 @@ def findings(source: str, name: str) -> list[str]:
         if call is None and isinstance(node.func, ast.Name):
             call = imported.get(node.func.id)
         for keyword in node.keywords:
-            if keyword.arg == "shell" and not (isinstance(keyword.value, ast.Constant) and keyword.value.value is False):
+            off = isinstance(keyword.value, ast.Constant) and keyword.value.value is False
+            if keyword.arg == "shell" and not off:
                 found.append(f"{where}: shell={ast.unparse(keyword.value)}")
         if call in SHELL_CALLS:
             found.append(f"{where}: {'.'.join(call)}() runs a shell")
