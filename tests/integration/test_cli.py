@@ -169,6 +169,20 @@ def test_copy_to_ceph_in_clone_mode_then_images_show_list_delete(site):
     assert missing.returncode == 1 and "SYS.1003" in missing.stderr
 
 
+def test_copy_as_an_account_needs_its_volume_and_lists_show_what_it_owns(site):
+    vol = site.volume(size=3 * MiB)  # ACCOUNT's, by its RBD metadata
+    other = uuid.uuid4().hex
+    refused = site.run("copy", vol, "--account", other)
+    assert refused.returncode == 1 and "ID.1002" in refused.stderr and "doesn't belong" in refused.stderr
+    made = site.run("copy", vol, "--account", ACCOUNT, "--json")
+    assert made.returncode == 0, made.stderr
+    inv = json.loads(made.stdout)
+    assert f"/acct-{ACCOUNT}/" in inv["backupStorageRefs"][0]["installPath"]
+    assert inv["uuid"] in site.run("images", "list", "--account", ACCOUNT).stdout
+    assert inv["uuid"] not in site.run("images", "list", "--account", other).stdout
+    assert inv["uuid"] in site.run("images", "list").stdout  # the operator sees all
+
+
 def test_volumes_lists_what_the_catalog_sees(site):
     vol = site.volume(size=3 * MiB)
     listed = site.run("volumes", "--json")
