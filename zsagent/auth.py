@@ -299,6 +299,10 @@ class Credentials:
     session_uuid: str | None = None
     account_uuid: str | None = None
 
+    def __repr__(self) -> str:  # the session is a secret: never in a traceback or a log line
+        session = "<hidden>" if self.session_uuid else None
+        return f"Credentials(session_uuid={session}, account_uuid={self.account_uuid!r})"
+
 
 class Authenticator:
     """The API's one entry point for "who is calling".
