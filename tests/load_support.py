@@ -224,7 +224,7 @@ def create(client: httpx.Client, vol: str, asynchronous: bool, backup_storages: 
     if asynchronous:
         assert answer.status_code == 202, answer.text
         location = answer.json()["location"]
-        while (answer := client.get(location, timeout=60)).status_code == 202:
+        while (answer := client.get(location, headers=HEADERS, timeout=60)).status_code == 202:
             time.sleep(0.1)  # ZStack's SDK polls at intervals too
     return {"status": answer.status_code, "body": answer.json(), "text": answer.text}
 
