@@ -63,7 +63,7 @@ class FrontServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> FrontServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="front-http", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.1,), name="front-http", daemon=True)
         self._thread.start()
         return self
 
