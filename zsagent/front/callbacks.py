@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 CALLBACK_TIMEOUT_S = 120  # ZStack's agents' own ([zsu] http.py l.354)
 PROGRESS_TIMEOUT_S = 10
 PROGRESS_INTERVAL_S = 1.0
+POLL_S = 0.1
 
 
 def deliver(callback_url: str, task_uuid: str, body: bytes, retry_s: float, backoff_s: float = 1.0) -> bool:
@@ -58,8 +59,8 @@ def deliver(callback_url: str, task_uuid: str, body: bytes, retry_s: float, back
 
 
 class ProgressReporter:
-    """Posts the job's percentage, mapped into the command's task-stage window, whenever it changes
-    (at most every ``interval_s``), until ``stop()``."""
+    """Posts the job's percentage, mapped into the command's task-stage window, when it changes (the
+    first at once, then at most every ``interval_s``), and the last value when stopped."""
 
     def __init__(self, url: str | None, env: Envelope, window: tuple[int, int], process_type: str,
                  percent: Callable[[], float | None], interval_s: float = PROGRESS_INTERVAL_S) -> None:
@@ -82,16 +83,25 @@ class ProgressReporter:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(PROGRESS_TIMEOUT_S + 1)
+            self._report()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            percent = self.percent()
-            if percent is None:
-                continue
-            value = stage_percent(min(max(percent, 0.0), 100.0), self.window)
-            if value != self._last:
-                self._last = value
-                self.post(value)
+        posted_at = None
+        while not self._stop.wait(POLL_S):
+            now = time.monotonic()
+            if (posted_at is None or now - posted_at >= self.interval_s) and self._report():
+                posted_at = now
+
+    def _report(self) -> bool:
+        percent = self.percent()
+        if percent is None:
+            return False
+        value = stage_percent(min(max(percent, 0.0), 100.0), self.window)
+        if value == self._last:
+            return False
+        self._last = value
+        self.post(value)
+        return True
 
     def post(self, value: int) -> None:
         body = json.dumps(progress_report(self.env, value, self.process_type), ensure_ascii=True,

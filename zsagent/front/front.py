@@ -257,6 +257,9 @@ class Front:
 
 
 def _percent(job: Job) -> float | None:
+    """The copy's percentage (100 once it is publishing); None before it copies or after it failed."""
+    if job.phase in ("publishing", "done"):
+        return 100.0
     if job.phase != "copying" or not job.bytes_total:
         return None
     return 100.0 * job.bytes_done / job.bytes_total
