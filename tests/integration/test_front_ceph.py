@@ -132,12 +132,13 @@ def test_ceph_to_sftp_upload_uses_the_commands_credentials_and_stores_the_md5_be
     src, common, snap = _mn_snapshot(front, vol, api_id)
     image, root = uuid.uuid4().hex, f"/tmp/zsagent-front-bs-{uuid.uuid4().hex[:8]}"
     path = f"{root}/dataVolumeTemplates/acct-{ADMIN_ACCOUNT}/{image}/{image}.volume"
-    # known_hosts from [front]: the test server's key
+    cmd = {"sendCommandUrl": mn.send_command_url, "primaryStorageInstallPath": src, "backupStorageInstallPath": path,
+           "hostname": sshd_server.host, "username": sshd_server.user, "sshKey": Path(sshd_server.key).read_text(),
+           "sshPort": sshd_server.port, **common}
+    unknown = mn.post_command(front.url, UPLOAD, cmd, api_id=api_id).result(30)  # [front] known_hosts is empty
+    assert unknown["success"] is False and "ssh-keyscan" in unknown["error"] and "known_hosts" in unknown["error"]
     Path(front.raw["front"]["known_hosts"]).write_text(Path(sshd_server.known_hosts).read_text())
-    call = mn.post_command(front.url, UPLOAD, {
-        "sendCommandUrl": mn.send_command_url, "primaryStorageInstallPath": src, "backupStorageInstallPath": path,
-        "hostname": sshd_server.host, "username": sshd_server.user, "sshKey": Path(sshd_server.key).read_text(),
-        "sshPort": sshd_server.port, **common}, api_id=api_id, task_stage="30-90")
+    call = mn.post_command(front.url, UPLOAD, cmd, api_id=api_id, task_stage="30-90")
     try:
         assert call.result(60) == {"success": True, "error": ""}
         remote = subprocess.run(sshd_server.ssh_argv("md5sum", path, path + ".md5"), capture_output=True,
