@@ -133,6 +133,11 @@ class TemplateService:
         job = job or Job()
         volume = order.volume
         request = CreateRequest(order.name, order.description, volume.uuid, None, order.image_uuid, (), (), ())
+        # The management node owns these templates and deletes them itself: a record of the same uuid is
+        # of one it has deleted since; the copy still never overwrites a template that is there.
+        with self._create_guard:
+            if order.image_uuid not in self._claimed:
+                self.store.delete_image(order.image_uuid)
         existing = self._claim(order.image_uuid, request)
         if existing is not None:
             job.phase = "done"
