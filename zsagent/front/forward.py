@@ -152,7 +152,7 @@ class Upstream:
             return keep_open
         try:
             if chunked:  # http.client removes the framing: frame the same bytes again
-                while piece := answer.read1(COPY_BYTES) if hasattr(answer, "read1") else answer.read(COPY_BYTES):
+                while piece := answer.read1(COPY_BYTES):
                     wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 wfile.write(b"0\r\n\r\n")
             else:

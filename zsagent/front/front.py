@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 from zsagent import errors
 from zsagent.config import BackupStorage, Config, PrimaryStorage
-from zsagent.errors import ErrorCode, ZsError
+from zsagent.errors import ErrorCode
 from zsagent.front import paths
 from zsagent.front.callbacks import ProgressReporter, deliver
 from zsagent.front.destinations import KeyFile, sftp_destination, sftp_settings
@@ -289,4 +289,4 @@ def _plain(wfile: BinaryIO, status: int, text: str) -> bool:
     return True
 
 
-__all__ = ["Front", "ZsError"]
+__all__ = ["Front"]
