@@ -63,6 +63,19 @@ def test_kvm_body_with_a_duplicated_key_passes_untouched(tmp_path, mn, upstream)
         assert got.header("X-Resource-UUID") == host
 
 
+def test_a_chunked_request_is_forwarded_with_its_head_unchanged(tmp_path, upstream):
+    with running_front(front_config(tmp_path, "ceph", upstream.url)) as front:
+        parts = urlsplit(front.url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            head = (b"POST /ceph/primarystorage/getvolumesize HTTP/1.1\r\nHost: x\r\ntaskuuid: " +
+                    uuid.uuid4().hex.encode() + b"\r\ncallbackurl: http://127.0.0.1:9/cb\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n")
+            sock.sendall(head + b"5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+        [got] = upstream.wait_for("/ceph/primarystorage/getvolumesize")
+        assert got.head == head and got.body == b'{"a":1}'
+
+
 def test_sync_echo_is_forwarded_and_answered_by_zstacks_agent(tmp_path, mn, upstream):
     with running_front(front_config(tmp_path, "ceph", upstream.url)) as front:
         assert mn.echo(front.url, "/ceph/primarystorage/echo") == 200

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -50,6 +51,10 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.client_address[0], format % args)
 
 
+class _ThreadingHTTPServerV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class FrontServer:
     """The front on ``listen`` ("host:port"), serving from a thread; ``url`` once started."""
 
@@ -57,9 +62,11 @@ class FrontServer:
         host, port = parse_listen(listen)
         handler = type("FrontHandler", (_Handler,), {"front": front})
         self.front = front
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        server_class = _ThreadingHTTPServerV6 if ":" in host else ThreadingHTTPServer
+        self.httpd = server_class((host, port), handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://{host}:{self.httpd.server_address[1]}"
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{self.httpd.server_address[1]}"
         self._thread: threading.Thread | None = None
 
     def start(self) -> FrontServer:
