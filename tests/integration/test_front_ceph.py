@@ -234,13 +234,17 @@ def test_restart_fails_the_interrupted_cp_and_removes_its_leftovers(real_rbd_env
         FrontRecords(store).add_call(FrontCall(job, waiting.task_uuid, mn.callback_url, CP, time.time() + 60))
         store.add_job(job, None)
         store.set_job_state(job, "running")
+        key = tmp_path / "data" / "front-keys" / f"{job}.key"  # an SFTP command's key, as the job wrote it
+        key.parent.mkdir()
+        store.journal(job, "spool", {"path": str(key)})
+        key.write_text("secret\n")
         store.journal(job, "ceph", {"pool": env.dst_pool, "image": part})
         env.rbd.RBD().create(env.dst, part, MiB, old_format=False)
         store.close()
         with running_front(raw) as front:
             rsp = waiting.result(15)
             assert rsp["success"] is False and "restarted" in rsp["error"]
-            assert part not in env.rbd.RBD().list(env.dst)
+            assert part not in env.rbd.RBD().list(env.dst) and not key.exists()
             for thread in front.agent.restart_threads:
                 thread.join(10)
             assert front.agent.front.records.calls() == []
