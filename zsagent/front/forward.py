@@ -120,7 +120,7 @@ class Upstream:
                     for piece in request._raw_body(decode=False):
                         conn.send(piece)
                 answer = conn.getresponse()
-            except (OSError, http.client.HTTPException) as e:
+            except (OSError, http.client.HTTPException, ValueError) as e:  # ValueError: a header http.client refuses
                 self._unreachable(wfile, e)
                 return False
             return self._relay(request, answer, wfile)

@@ -77,7 +77,14 @@ class Front:
         start expiring intents."""
         calls = self.records.calls()
         owned = {call.job_uuid for call in calls}
-        interrupted = self.service.reconcile(owns=lambda job_uuid: job_uuid in owned)
+
+        def owns(job_uuid: str) -> bool:
+            """Our calls' jobs, and the leftovers of any finished job (nobody runs it any more); not the
+            running jobs of a `zsagent serve` or `zsagent copy` that shares the store."""
+            record = self.store.get_job(job_uuid)
+            return job_uuid in owned or (record is not None and record.finished_epoch is not None)
+
+        interrupted = self.service.reconcile(owns=owns)
         if interrupted:
             log.warning("front jobs interrupted by the last stop, now failed: %s", ", ".join(interrupted))
         threads = []

@@ -39,6 +39,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError) as e:
             log.info("connection from %s ended: %s", self.client_address[0], e)
             keep_open = False
+        except Exception:  # noqa: BLE001 - one bad request must not stop the server
+            log.exception("%s %s from %s failed", self.command, self.path, self.client_address[0])
+            keep_open = False
         if not keep_open:
             self.close_connection = True
 
