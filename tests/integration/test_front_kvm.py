@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -116,6 +117,43 @@ def test_template_streams_to_sftp_in_one_pass_without_a_temp_file(kvm_front, tmp
         assert list((tmp_path / "data" / "front-keys").iterdir()) == []
     finally:
         subprocess.run(sshd.ssh_argv("rm", "-rf", root), timeout=60)
+
+
+def test_cancel_mid_upload_fails_it_and_leaves_nothing_on_the_server(kvm_front, tmp_path, monkeypatch):
+    from zsagent.sinks import sftp
+
+    write = sftp.SftpTarget.write
+
+    def slow_write(self, data):  # the upload must still be running when the cancel comes
+        time.sleep(0.01)
+        write(self, data)
+
+    monkeypatch.setattr(sftp.SftpTarget, "write", slow_write)
+    front, mn, sshd = kvm_front, kvm_front.mn, kvm_front.sshd
+    _, volume = _qcow2_volume(front.ps, tmp_path)
+    host, api_id, image = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    temp = f"{front.ps}/templateWorkspace/image-{image}/{image}.qcow2"
+    root = f"/tmp/zsagent-front-cancel-{uuid.uuid4().hex[:8]}"
+    target = f"{root}/dataVolumeTemplates/acct-{ACCOUNT}/{image}/{image}.volume"
+    assert mn.post_command(front.url, "/localstorage/volume/createtemplate",
+                           {"installPath": temp, "volumePath": str(volume)}, api_id=api_id,
+                           kvm_host_uuid=host).result(30)["success"] is True
+    upload = mn.post_command(front.url, "/localstorage/sftp/upload", {
+        "primaryStorageInstallPath": temp, "backupStorageInstallPath": target, "hostname": sshd.host,
+        "username": sshd.user, "sshKey": Path(sshd.key).read_text(), "sshPort": sshd.port},
+        api_id=api_id, kvm_host_uuid=host)
+    give_up = time.monotonic() + 20
+    while not any(j.bytes_done for j in front.agent.jobs.running()):
+        assert time.monotonic() < give_up
+        time.sleep(0.01)
+    cancel = mn.post_command(front.url, "/job/cancel", {"cancellationApiId": api_id}, thread_context=False,
+                             kvm_host_uuid=host)
+    assert cancel.result(10)["success"] is True
+    rsp = upload.result(30)
+    assert rsp["success"] is False and "cancelled" in rsp["error"]
+    front.wait_idle()
+    assert not Path(root).exists()  # not even the directories (the sshd is on this host)
+    assert front.store.artifacts() == [] and "/job/cancel" not in [r.path for r in front.upstream.received]
 
 
 def test_an_upload_without_our_intent_goes_to_kvmagent(kvm_front):

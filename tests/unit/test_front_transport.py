@@ -126,6 +126,18 @@ def test_a_body_that_is_not_json_gets_a_success_false_callback(tmp_path, mn, ups
         assert upstream.received == []
 
 
+def test_a_command_past_its_deadline_is_failed_at_once(tmp_path, mn, upstream):
+    raw = front_config(tmp_path, "ceph", upstream.url,
+                       primary=[{"uuid": uuid.uuid4().hex, "type": "ceph", "pools": ["p"]}],
+                       backup=[{"uuid": uuid.uuid4().hex, "type": "ceph", "pool": "b"}])
+    with running_front(raw) as front:
+        cmd = {"srcPath": f"ceph://p/{'a' * 32}@{'b' * 32}", "dstPath": f"ceph://b/{'c' * 32}"}
+        call = mn.post_command(front.url, CP, cmd, deadline_ms=int(time.time() * 1000) + 500)
+        rsp = call.result(5)
+        assert rsp["success"] is False and "deadline" in rsp["error"] and "nothing was done" in rsp["error"]
+        assert front.store.list_images() == [] and upstream.received == []
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
