@@ -21,7 +21,8 @@ from zsagent.front.destinations import ceph_destination
 from zsagent.front.intents import Intent, measure
 from zsagent.front.wire import Envelope, MalformedCommand
 from zsagent.jobs import Job
-from zsagent.service import ADMIN_ACCOUNT_UUID, PathCopy
+from zsagent.ownership import ADMIN_ACCOUNT_UUID
+from zsagent.service import PathCopy
 
 if TYPE_CHECKING:
     from zsagent.front.front import Front

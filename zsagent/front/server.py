@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zsagent.config import Config
 from zsagent.copy import md5
 from zsagent.daemon import parse_listen, sd_notify
+from zsagent.filemodes import private_dir
 from zsagent.front.forward import RawRequest
 from zsagent.front.front import Front
 from zsagent.jobs import JobManager
@@ -88,7 +89,7 @@ class FrontAgent:
 
     def __init__(self, config: Config) -> None:
         data_dir = config.front.data_dir or config.agent.data_dir
-        os.makedirs(data_dir, exist_ok=True)
+        private_dir(data_dir)
         md5.choose(data_dir)
         self.config = config
         self.store = Store(os.path.join(data_dir, "zsagent.db"))
