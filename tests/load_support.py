@@ -287,7 +287,7 @@ def run_32_creates_on_8_volumes(env, tmp_path: Path) -> LoadRun:
     for (vol, _, storages), r in zip(plan, results, strict=True):
         inventory = r["body"]["inventory"]
         assert inventory["url"] == f"volume://{vol}"
-        assert len(inventory["backupStorageRefs"]) == len(storages)
+        assert len(inventory["backupStorageRefs"]) == len(storages), (r["text"], _failures_in(log))
         file_ref = next(ref for ref in inventory["backupStorageRefs"] if ref["backupStorageUuid"] == site.bs)
         assert md5sum_file(file_ref["installPath"]) == inventory["md5Sum"]
     assert len({r["body"]["inventory"]["uuid"] for r in results}) == 32
@@ -303,3 +303,8 @@ def run_32_creates_on_8_volumes(env, tmp_path: Path) -> LoadRun:
     assert site.leftovers(templates) == []
     assert watch.health_failures == []
     return LoadRun(watch, rss_idle, rss_peak)
+
+
+def _failures_in(log: str) -> list[str]:
+    """The daemon's warnings and errors, for an assertion's message."""
+    return [line for line in log.splitlines() if '"level": "warning"' in line or '"level": "error"' in line]
