@@ -12,7 +12,8 @@ qemu-nbd (zsagent.sources.qemu_nbd) and logs why.
 
 The allocation map follows what qemu-nbd reports as NBD block status: data and compressed clusters
 (and the data of a raw backing file) are DATA; zero clusters, ranges no layer allocates, holes of a
-raw backing file and ranges beyond a backing file's end read as zeros and are HOLEs.
+raw backing file and ranges beyond a backing file's end read as zeros and are HOLEs; in an image qemu
+takes as preallocated, data clusters that are holes in the file are ZERO.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from collections.abc import Iterator
 from zsagent.copy.extents import Extent, Kind, coalesce
 from zsagent.sources.base import QemuInput, Source
 from zsagent.sources.qcow2_header import MAGIC, Unsupported, read_header
-from zsagent.sources.qcow2_layers import COMPRESSED, DATA, ZERO, CorruptImage, Qcow2Layer, RawLayer
+from zsagent.sources.qcow2_layers import (
+    ALLOCATED_ZERO,
+    COMPRESSED,
+    DATA,
+    ZERO,
+    CorruptImage,
+    Qcow2Layer,
+    RawLayer,
+)
 from zsagent.sources.qemu_locks import ImageInUse, hold_read_locks
 
 log = logging.getLogger(__name__)
@@ -32,7 +41,7 @@ log = logging.getLogger(__name__)
 MAX_CHAIN_LAYERS = 64
 _ZEROS = memoryview(bytes(1 << 20))
 
-_KIND_OF_STATE = {DATA: Kind.DATA, COMPRESSED: Kind.DATA, ZERO: Kind.HOLE}
+_KIND_OF_STATE = {DATA: Kind.DATA, COMPRESSED: Kind.DATA, ZERO: Kind.HOLE, ALLOCATED_ZERO: Kind.ZERO}
 """A state's kind in the allocation map (anything else - unallocated everywhere - is a HOLE too)."""
 
 
@@ -41,7 +50,7 @@ class Qcow2FileSource:
 
     size: the virtual size in bytes (the top layer's). layers: the chain, top first. chain: its paths.
     cluster_bytes: the top layer's cluster size. qemu_input: ("qcow2", the image's absolute path).
-    ``read()`` returns a new bytearray that nobody else holds; ``readinto()`` fills a caller's buffer.
+    ``read()`` returns bytes; ``readinto()`` fills a caller's buffer (os.preadv straight into it).
     Both may be called from several threads at once. Raises Unsupported when the chain needs what this
     reader does not do, ImageInUse when a process has a layer open for writing.
     """
@@ -99,7 +108,7 @@ class Qcow2FileSource:
         inside = min(end, layer.size)
         if offset < inside:
             for start, n, state, where in layer.pieces(offset, inside - offset, precise):
-                if state in (DATA, COMPRESSED, ZERO):
+                if state in (DATA, COMPRESSED, ZERO, ALLOCATED_ZERO):
                     yield start, n, state, depth, where
                 elif depth + 1 < len(self.layers):
                     yield from self._resolve(depth + 1, start, n, precise)
@@ -111,21 +120,35 @@ class Qcow2FileSource:
 
     # -- reading ------------------------------------------------------------------------------------
 
-    def read(self, offset: int, length: int) -> bytearray:
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` as immutable bytes (sinks may keep them, librbd wants them).
+        A range that one host run holds is read straight into the bytes object; others are put
+        together in a buffer first (one copy)."""
+        self._check_range(offset, length)
+        pieces = list(self._resolve(0, offset, length, False))
+        if len(pieces) == 1:
+            _start, _n, state, depth, where = pieces[0]
+            if state == DATA:
+                return _pread_bytes(self.layers[depth].fd, length, where)
+            if state != COMPRESSED:
+                return bytes(length)
         buffer = bytearray(length)  # zero-filled: ranges that read as zeros are left alone
-        self._fill(offset, memoryview(buffer), zeroed=True)
-        return buffer
+        self._fill(offset, memoryview(buffer), pieces, zeroed=True)
+        return bytes(buffer)
 
     def readinto(self, offset: int, buffer) -> int:
         """Fill ``buffer`` (writable, any length) with the bytes at ``offset``; returns its length."""
         view = memoryview(buffer).cast("B")
-        self._fill(offset, view, zeroed=False)
+        self._check_range(offset, len(view))
+        self._fill(offset, view, self._resolve(0, offset, len(view), False), zeroed=False)
         return len(view)
 
-    def _fill(self, offset: int, view: memoryview, zeroed: bool) -> None:
-        if offset < 0 or offset + len(view) > self.size:
-            raise ValueError(f"read of {len(view)} bytes at {offset} is outside the volume ({self.size} bytes)")
-        for start, n, state, depth, where in self._resolve(0, offset, len(view), False):
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"read of {length} bytes at {offset} is outside the volume ({self.size} bytes)")
+
+    def _fill(self, offset: int, view: memoryview, pieces, zeroed: bool) -> None:
+        for start, n, state, depth, where in pieces:
             part = view[start - offset:start - offset + n]
             if state == DATA:
                 _pread_into(self.layers[depth].fd, part, where)
@@ -141,6 +164,17 @@ class Qcow2FileSource:
         fds, self._fds = self._fds, []
         for fd in fds:
             os.close(fd)  # also drops its locks
+
+
+def _pread_bytes(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset`` (zeros beyond the end of the file)."""
+    data = os.pread(fd, length, offset)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            return data + bytes(length - len(data))
+        data += more
+    return data
 
 
 def _pread_into(fd: int, part: memoryview, offset: int) -> None:

@@ -60,6 +60,8 @@ class Qcow2Header:
     compression: COMPRESSION_ZLIB or COMPRESSION_ZSTD (for compressed clusters).
     backing_name: the backing file name as stored (None: no backing file);
     backing_format: "qcow2", "raw" or None when the header does not say.
+    refcount_table_offset, refcount_table_clusters, refcount_order: the refcount table (entries of
+    ``1 << refcount_order`` bits).
     """
 
     version: int
@@ -71,6 +73,9 @@ class Qcow2Header:
     compression: int
     backing_name: str | None
     backing_format: str | None
+    refcount_table_offset: int = 0
+    refcount_table_clusters: int = 0
+    refcount_order: int = 4
 
     @property
     def cluster_bytes(self) -> int:
@@ -83,7 +88,7 @@ def read_header(fd: int, path: str) -> Qcow2Header:
     if len(head) < _V2.size or head[:4] != MAGIC:
         raise Unsupported(f"{path} is not a qcow2 image")
     (_, version, backing_offset, backing_size, cluster_bits, size, crypt, l1_entries, l1_offset,
-     _refcount_offset, _refcount_clusters, _snapshots, _snapshots_offset) = _V2.unpack_from(head)
+     refcount_offset, refcount_clusters, _snapshots, _snapshots_offset) = _V2.unpack_from(head)
     if version not in (2, 3):
         raise Unsupported(f"{path}: qcow2 version {version}")
     if not MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS:
@@ -95,9 +100,11 @@ def read_header(fd: int, path: str) -> Qcow2Header:
         head += os.pread(fd, cluster - len(head), len(head))
     head = head.ljust(cluster, b"\0")  # a file may end inside its first cluster
     incompatible = autoclear = 0
-    header_length, compression = _V2.size, COMPRESSION_ZLIB
+    header_length, compression, refcount_order = _V2.size, COMPRESSION_ZLIB, 4
     if version == 3:
-        incompatible, _compatible, autoclear, _refcount_order, header_length = _V3.unpack_from(head, _V2.size)
+        incompatible, _compatible, autoclear, refcount_order, header_length = _V3.unpack_from(head, _V2.size)
+        if refcount_order > 6:
+            raise Unsupported(f"{path}: refcount_order {refcount_order}")
         if header_length < 104 or header_length % 8 or header_length > cluster:
             raise Unsupported(f"{path}: header_length {header_length}")
         if header_length > 104:
@@ -123,7 +130,9 @@ def read_header(fd: int, path: str) -> Qcow2Header:
             raise Unsupported(f"{path}: backing file name is not UTF-8") from e
     return Qcow2Header(version=version, size=size // SECTOR_BYTES * SECTOR_BYTES, cluster_bits=cluster_bits,
                        l1_entries=l1_entries, l1_offset=l1_offset, extended_l2=bool(incompatible & INCOMPAT_EXTL2),
-                       compression=compression, backing_name=backing_name or None, backing_format=backing_format)
+                       compression=compression, backing_name=backing_name or None, backing_format=backing_format,
+                       refcount_table_offset=refcount_offset, refcount_table_clusters=refcount_clusters,
+                       refcount_order=refcount_order)
 
 
 def _check_features(path: str, incompatible: int, compression: int) -> None:

@@ -7,6 +7,8 @@
     COMPRESSED   where = (file offset, stored bytes, guest offset of the cluster): one compressed cluster
     ZERO         reads as zeros and hides the layers below (a zero cluster/subcluster, a hole of a raw file)
     UNALLOCATED  not in this layer: read the backing file (zeros when there is none)
+    ALLOCATED_ZERO  (maps only) a data cluster whose bytes in the file are a hole or beyond its end, in
+                 an image qemu takes as preallocated (see ``Qcow2Layer.metadata_preallocated``)
 
 L1/L2 entry formats are QEMU's docs/interop/qcow2.txt ("Cluster mapping", "Extended L2 Entries");
 the classification follows qemu's block/qcow2.h ``qcow2_get_cluster_type``. L2 tables are read as they
@@ -26,7 +28,7 @@ from collections.abc import Iterator
 
 from zsagent.sources.qcow2_header import COMPRESSION_ZSTD, SECTOR_BYTES, Qcow2Header
 
-DATA, COMPRESSED, ZERO, UNALLOCATED = range(4)
+DATA, COMPRESSED, ZERO, UNALLOCATED, ALLOCATED_ZERO = range(5)
 Piece = tuple[int, int, int, object]
 
 OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
@@ -71,6 +73,7 @@ class Qcow2Layer:
         # compressed descriptor: offset in the low x bits, then the count of additional sectors
         self._compressed_bits = 62 - (self.cluster_bits - 8)
         self._compressed_sectors_mask = (1 << (self.cluster_bits - 8)) - 1
+        self._preallocated: bool | None = None
 
     def _l2_table(self, offset: int) -> array:
         with self._lock:
@@ -91,7 +94,51 @@ class Qcow2Layer:
         return table
 
     def pieces(self, offset: int, length: int, precise: bool = False) -> Iterator[Piece]:
-        return _merged(self._cluster_pieces(offset, offset + length))
+        pieces = _merged(self._cluster_pieces(offset, offset + length))
+        if precise and self.metadata_preallocated():
+            return _merged(self._file_holes(pieces))
+        return pieces
+
+    def _file_holes(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
+        """DATA pieces split where their bytes in the file are holes (ALLOCATED_ZERO)."""
+        for start, length, state, where in pieces:
+            if state != DATA:
+                yield start, length, state, where
+                continue
+            for host, n, is_data in file_ranges(self.fd, where, where + length):
+                yield start + host - where, n, DATA if is_data else ALLOCATED_ZERO, host
+
+    def metadata_preallocated(self) -> bool:
+        """Whether qemu takes this image as preallocated with metadata: far more clusters have a
+        refcount than the file has blocks allocated. qemu then asks the file which data clusters are
+        holes, and reports them as zeros (block/qcow2-refcount.c qcow2_detect_metadata_preallocation,
+        block/qcow2.c qcow2_co_block_status, block/io.c BDRV_BLOCK_RECURSE)."""
+        if self._preallocated is None:
+            st = os.fstat(self.fd)
+            real_clusters = st.st_blocks * 512 // self.cluster_bytes
+            threshold = max(real_clusters * 10 // 9, real_clusters + 2)
+            end_cluster = -(-st.st_size // self.cluster_bytes)
+            self._preallocated = self._refcounted_clusters(end_cluster, threshold) >= threshold
+        return self._preallocated
+
+    def _refcounted_clusters(self, end_cluster: int, enough: int) -> int:
+        """Clusters below ``end_cluster`` with a refcount other than 0 (counting stops at ``enough``)."""
+        header, cluster = self.header, self.cluster_bytes
+        bits = 1 << header.refcount_order
+        per_block = cluster * 8 // bits
+        table = _entries(os.pread(self.fd, header.refcount_table_clusters * cluster, header.refcount_table_offset))
+        count = 0
+        for index, entry in enumerate(table):
+            first = index * per_block
+            if first >= end_cluster or count >= enough:
+                break
+            block_offset = entry & ~0x1FF
+            if not block_offset:
+                continue
+            n = min(per_block, end_cluster - first)
+            block = os.pread(self.fd, -(-n * bits // 8), block_offset)
+            count += _nonzero_entries(block, bits)
+        return count
 
     def _cluster_pieces(self, pos: int, end: int) -> Iterator[Piece]:
         bits, cluster, per_table = self.cluster_bits, self.cluster_bytes, self.l2_entries
@@ -174,6 +221,45 @@ class Qcow2Layer:
         return out[:cluster]
 
 
+_NONZERO_PER_BYTE = {width: bytes(sum(1 for k in range(0, 8, width) if (byte >> k) & ((1 << width) - 1))
+                                    for byte in range(256)) for width in (1, 2, 4)}
+
+
+def _nonzero_entries(block: bytes, bits: int) -> int:
+    """Entries other than 0 in a refcount block of ``bits``-bit entries."""
+    if bits < 8:
+        return sum(block.translate(_NONZERO_PER_BYTE[bits]))
+    if bits == 8:
+        return len(block) - block.count(0)
+    values = array({16: "H", 32: "I", 64: "Q"}[bits], block[:len(block) - len(block) % (bits // 8)])
+    return len(values) - values.count(0)
+
+
+def file_ranges(fd: int, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+    """``[start, end)`` of the file as (offset, length, is data) by SEEK_DATA/SEEK_HOLE; beyond the end
+    of the file is a hole; a file system without SEEK_DATA reports it all as data."""
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole after pos
+                data = end
+            elif e.errno == errno.EINVAL:
+                yield pos, end - pos, True
+                return
+            else:
+                raise
+        data = min(data, end)
+        if data > pos:
+            yield pos, data - pos, False
+        if data >= end:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        yield data, hole - data, True
+        pos = hole
+
+
 class RawLayer:
     """A raw file open on ``fd`` (not owned) as the bottom of a chain. ``pieces(..., precise=True)`` tells
     its holes (SEEK_HOLE) from its data, as qemu's block status does; reads take it all as data."""
@@ -184,30 +270,11 @@ class RawLayer:
         self.size = -(-length // SECTOR_BYTES) * SECTOR_BYTES  # qemu counts a partial last sector
 
     def pieces(self, offset: int, length: int, precise: bool = False) -> Iterator[Piece]:
-        end = offset + length
         if not precise:
             yield offset, length, DATA, offset
             return
-        pos = offset
-        while pos < end:
-            try:
-                data = os.lseek(self.fd, pos, os.SEEK_DATA)
-            except OSError as e:
-                if e.errno == errno.ENXIO:  # only a hole after pos
-                    data = end
-                elif e.errno == errno.EINVAL:  # no SEEK_DATA here: all of it is data
-                    yield pos, end - pos, DATA, pos
-                    return
-                else:
-                    raise
-            data = min(data, end)
-            if data > pos:
-                yield pos, data - pos, ZERO, None
-            if data >= end:
-                return
-            hole = min(os.lseek(self.fd, data, os.SEEK_HOLE), end)
-            yield data, hole - data, DATA, data
-            pos = hole
+        for start, n, is_data in file_ranges(self.fd, offset, offset + length):
+            yield start, n, DATA if is_data else ZERO, start if is_data else None
 
 
 def _merged(pieces: Iterator[Piece]) -> Iterator[Piece]:
