@@ -2,9 +2,10 @@
 
 Random backing chains made by the real ``qemu-img create`` and ``qemu-io`` (1-4 layers, mixed cluster
 sizes, backing files shorter and longer than their overlay, a raw bottom layer, zero writes, compressed
-clusters in zlib and zstd, discards, extended L2 entries, metadata preallocation) must read byte for byte, and map extent for
-extent, as qemu-nbd + libnbd (NbdSource) report them; the qcow2 template made from the direct reader
-must be what ``qemu-img compare`` calls identical to the chain. Plus what the reader refuses, and why.
+clusters in zlib and zstd, discards, extended L2 entries, metadata preallocation, version 2 images)
+must read byte for byte, and map extent for extent, as qemu-nbd + libnbd (NbdSource) report them; the
+qcow2 template made from the direct reader must be what ``qemu-img compare`` calls identical to the
+chain. Plus what the reader refuses, and why.
 """
 
 from __future__ import annotations
@@ -60,17 +61,20 @@ class Layer:
     zstd: bool
     commands: list[str]
     preallocated: bool = False  # preallocation=metadata: qemu then maps file holes in data clusters as zeros
+    version2: bool = False  # compat=0.10: no zero clusters, no extended L2, zlib only
 
 
 @st.composite
-def layers(draw, bottom: bool) -> Layer:
-    raw = bottom and draw(st.booleans())
+def layers(draw, raw_allowed: bool, has_backing: bool) -> Layer:
+    raw = raw_allowed and draw(st.booleans())
     extended_l2 = not raw and draw(st.booleans())
     cluster = draw(st.sampled_from([16 * KiB, 64 * KiB, 256 * KiB] if extended_l2 else
                                    [512, 4 * KiB, 64 * KiB, 2 * MiB]))
     size = draw(st.integers(1, 8 * 1024)) * 512  # up to 4 MiB, in sectors: not always whole clusters
+    # qemu preallocates an overlay only with extended L2 entries
+    preallocated = not raw and (extended_l2 or not has_backing) and draw(st.integers(0, 5)) == 0
     commands = []
-    if not raw:  # compressed writes go to clusters nothing allocated yet in this layer
+    if not raw and not preallocated:  # compressed writes go to clusters nothing allocated yet in this layer
         clusters = -(-size // cluster)
         for index in sorted(draw(st.sets(st.integers(0, clusters - 1), max_size=3))):
             length = min(cluster, size - index * cluster)
@@ -85,15 +89,17 @@ def layers(draw, bottom: bool) -> Layer:
             commands.append(f"write -z {offset} {length}")
         else:
             commands.append(f"discard {offset} {length}")
-    return Layer("raw" if raw else "qcow2", size, cluster, extended_l2, not raw and draw(st.booleans()), commands,
-                 preallocated=not raw and draw(st.integers(0, 5)) == 0)
+    zstd = not raw and draw(st.booleans())
+    return Layer("raw" if raw else "qcow2", size, cluster, extended_l2, zstd, commands,
+                 preallocated=preallocated,
+                 version2=not raw and not extended_l2 and not zstd and draw(st.integers(0, 3)) == 0)
 
 
 @st.composite
 def chains(draw) -> list[Layer]:
     """Bottom first; only a bottom layer under another may be raw."""
     depth = draw(st.integers(1, 4))
-    return [draw(layers(bottom=i == 0 and depth > 1)) for i in range(depth)]
+    return [draw(layers(raw_allowed=i == 0 and depth > 1, has_backing=i > 0)) for i in range(depth)]
 
 
 def make_chain(directory: Path, spec: list[Layer]) -> Path:
@@ -110,6 +116,8 @@ def make_chain(directory: Path, spec: list[Layer]) -> Path:
                 options.append("compression_type=zstd")
             if layer.preallocated:
                 options.append("preallocation=metadata")
+            if layer.version2:
+                options.append("compat=0.10")
             argv += ["-o", ",".join(options)]
             if below is not None:
                 argv += ["-b", below[0].name, "-F", below[1]]  # relative: resolved from the overlay's directory
