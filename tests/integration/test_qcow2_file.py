@@ -258,7 +258,7 @@ def test_an_external_data_file_falls_back_to_qemu_nbd_with_the_reason_logged(tmp
 def test_encryption_and_protocol_backing_names_are_refused(tmp_path):
     encrypted = tmp_path / "e.qcow2"
     run("qemu-img", "create", "-q", "--object", "secret,id=s0,data=pw", "-f", "qcow2",
-        "-o", "encrypt.format=luks,encrypt.key-secret=s0", str(encrypted), "1M")
+        "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", str(encrypted), "1M")
     with pytest.raises(Unsupported, match="encrypted"):
         Qcow2FileSource(encrypted)
     overlay = tmp_path / "o.qcow2"
@@ -274,3 +274,21 @@ def test_a_stopped_qcow2_volume_is_read_directly(chain):
     with open_source(volume, NO_JOURNAL) as source:
         assert isinstance(source, Qcow2FileSource)
         assert len(source.chain) == 3 and source.qemu_input == ("qcow2", os.path.abspath(chain))
+
+
+def test_a_bitmap_left_in_use_is_refused_a_clean_one_is_not(tmp_path):
+    image = tmp_path / "b.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", str(image), "1M")
+    run("qemu-img", "bitmap", "--add", str(image), "b0")
+    Qcow2FileSource(image).close()  # a persistent bitmap alone says nothing about the data
+    holder = subprocess.Popen(["qemu-io", "-f", "qcow2", str(image)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        holder.stdin.write(b"read 0 512\n")
+        holder.stdin.flush()
+        holder.stdout.readline()  # qemu-io opened the image for writing: the bitmap is marked in use
+    finally:
+        holder.kill()  # a crash: the flag stays
+        holder.wait(10)
+    with pytest.raises(Unsupported, match="bitmap 'b0' is in use"):
+        Qcow2FileSource(image)
