@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import threading
 import zlib
@@ -67,7 +68,7 @@ class Qcow2Layer:
         if len(raw) != header.l1_entries * 8:
             raise CorruptImage(errno.EIO, f"{path}: the L1 table is cut short")
         self.l1 = _entries(raw)
-        self._cache: OrderedDict[int, array] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[array, bytes]] = OrderedDict()
         self._cache_max = max(16, L2_CACHE_BYTES // self.cluster_bytes)
         self._lock = threading.Lock()
         # compressed descriptor: offset in the low x bits, then the count of additional sectors
@@ -75,7 +76,8 @@ class Qcow2Layer:
         self._compressed_sectors_mask = (1 << (self.cluster_bits - 8)) - 1
         self._preallocated: bool | None = None
 
-    def _l2_table(self, offset: int) -> array:
+    def _l2_table(self, offset: int) -> tuple[array, bytes]:
+        """The L2 table at ``offset``: its entries, and its bytes as stored (for run searches)."""
         with self._lock:
             table = self._cache.get(offset)
             if table is not None:
@@ -86,7 +88,7 @@ class Qcow2Layer:
         raw = os.pread(self.fd, self.cluster_bytes, offset)
         if len(raw) != self.cluster_bytes:
             raise CorruptImage(errno.EIO, f"{self.path}: L2 table at {offset} is beyond the end of the file")
-        table = _entries(raw)
+        table = (_entries(raw), raw)
         with self._lock:
             self._cache[offset] = table
             while len(self._cache) > self._cache_max:
@@ -152,12 +154,24 @@ class Qcow2Layer:
                 yield pos, stop - pos, UNALLOCATED, None
                 pos = stop
                 continue
-            table = self._l2_table(l2_offset)
+            table, raw = self._l2_table(l2_offset)
             table_end = min(end, (l1_index + 1) * per_table * cluster)
+            last = ((table_end - 1) >> bits) - l1_index * per_table + 1  # entries up to table_end
             while pos < table_end:
                 cluster_start = (pos >> bits) << bits
-                stop = min(table_end, cluster_start + cluster)
                 entry = table[l2_index * words]
+                if words == 1 and (not entry or not entry & (COMPRESSED_FLAG | ZERO_FLAG) and entry & OFFSET_MASK):
+                    # a run of unallocated entries, or of data clusters back to back in the file: one piece
+                    count = _zero_run(raw, l2_index, last) if not entry else _data_run(raw, l2_index, last, entry,
+                                                                                         cluster)
+                    stop = min(table_end, cluster_start + count * cluster)
+                    if entry:
+                        yield self._cluster_piece(pos, stop, cluster_start, entry)
+                    else:
+                        yield pos, stop - pos, UNALLOCATED, None
+                    pos, l2_index = stop, l2_index + count
+                    continue
+                stop = min(table_end, cluster_start + cluster)
                 if words == 2 and not entry & COMPRESSED_FLAG:
                     yield from self._subcluster_pieces(pos, stop, cluster_start, entry, table[l2_index * 2 + 1])
                 else:
@@ -219,6 +233,45 @@ class Qcow2Layer:
         if len(out) < cluster:
             raise CorruptImage(errno.EIO, f"{self.path}: a compressed cluster gives {len(out)} bytes of {cluster}")
         return out[:cluster]
+
+
+_NONZERO_BYTE = re.compile(rb"[^\x00]")
+
+
+def _zero_run(raw: bytes, first: int, last: int) -> int:
+    """Entries from ``first`` (which is 0) before the next non-zero one, at most up to ``last``."""
+    found = _NONZERO_BYTE.search(raw, first * 8, last * 8)
+    return (found.start() // 8 if found else last) - first
+
+
+def _series(first: int, count: int, step: int) -> bytes:
+    """``count`` big-endian 8-byte values first, first + step, ..."""
+    values = array("Q", range(first, first + count * step, step))
+    if sys.byteorder == "little":
+        values.byteswap()
+    return values.tobytes()
+
+
+def _data_run(raw: bytes, first: int, last: int, entry: int, cluster: int) -> int:
+    """Entries from ``first`` (which is ``entry``) that each point one cluster further in the file, with
+    the same flags, at most up to ``last``: compared as bytes, in blocks that double, then halve."""
+    count, block = 1, 1
+    while count < last - first:
+        n = min(block, last - first - count)
+        at = (first + count) * 8
+        expected = _series(entry + count * cluster, n, cluster)
+        if raw[at:at + n * 8] == expected:
+            count, block = count + n, block * 2
+            continue
+        low, high = 0, n  # the first ``low`` entries match, the first ``high`` do not
+        while high - low > 1:
+            middle = (low + high) // 2
+            if raw[at:at + middle * 8] == expected[:middle * 8]:
+                low = middle
+            else:
+                high = middle
+        return count + low
+    return count
 
 
 _NONZERO_PER_BYTE = {width: bytes(sum(1 for k in range(0, 8, width) if (byte >> k) & ((1 << width) - 1))
