@@ -16,7 +16,7 @@ import os
 import struct
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from support import md5sum_file
 
 from zsagent.catalog import Volume
+from zsagent.config import PrimaryStorage
 from zsagent.copy.extents import coalesce
 from zsagent.copy.pipeline import PipelineConfig, run_copy
 from zsagent.sinks.base import NO_JOURNAL
@@ -268,12 +269,17 @@ def test_encryption_and_protocol_backing_names_are_refused(tmp_path):
         Qcow2FileSource(overlay)
 
 
-def test_a_stopped_qcow2_volume_is_read_directly(chain):
+def test_a_stopped_qcow2_volume_is_read_directly_unless_its_storage_says_qemu_nbd(chain):
     info = json.loads(run("qemu-img", "info", "--output=json", str(chain)))
     volume = Volume("0" * 32, None, "file", info["virtual-size"], path=str(chain), format="qcow2")
     with open_source(volume, NO_JOURNAL) as source:
         assert isinstance(source, Qcow2FileSource)
         assert len(source.chain) == 3 and source.qemu_input == ("qcow2", os.path.abspath(chain))
+        direct = source.read(0, source.size)
+    storage = PrimaryStorage("1" * 32, "filesystem", path=str(chain.parent), qcow2_reader="qemu-nbd")
+    with open_source(replace(volume, primary_storage=storage), NO_JOURNAL) as source:
+        assert isinstance(source, QemuNbdSource)
+        assert source.read(0, source.size) == direct
 
 
 def test_a_bitmap_left_in_use_is_refused_a_clean_one_is_not(tmp_path):

@@ -132,7 +132,8 @@ def _file_volume(volume: Volume, journal: Journal, virt: PointInTimeOptions, on_
 @contextmanager
 def _stopped_file(volume: Volume, connections: int) -> Iterator[Source]:
     if volume.format == "qcow2":
-        source = open_qcow2_source(volume.path, connections=connections)
+        direct = volume.primary_storage is None or volume.primary_storage.qcow2_reader == "direct"
+        source = open_qcow2_source(volume.path, connections=connections, direct=direct)
     else:
         source = RawFileSource(volume.path)
     try:

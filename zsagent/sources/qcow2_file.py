@@ -214,13 +214,14 @@ def _probe_format(path: str) -> str:
     raise Unsupported(f"{path}: backing file format not recorded and not qcow2")
 
 
-def open_qcow2_source(path: str | os.PathLike[str], connections: int = 8) -> Source:
+def open_qcow2_source(path: str | os.PathLike[str], connections: int = 8, direct: bool = True) -> Source:
     """The direct reader for the qcow2 chain at ``path``, or qemu-nbd (``connections`` readers) when the
-    chain needs something the direct reader does not do (the reason is logged)."""
-    try:
-        return Qcow2FileSource(path)
-    except (Unsupported, ImageInUse, CorruptImage) as e:
-        log.warning("reading %s through qemu-nbd: %s", path, e)
+    chain needs something the direct reader does not do (the reason is logged) or ``direct`` is False."""
+    if direct:
+        try:
+            return Qcow2FileSource(path)
+        except (Unsupported, ImageInUse, CorruptImage) as e:
+            log.warning("reading %s through qemu-nbd: %s", path, e)
     from zsagent.sources.qemu_nbd import QemuNbdSource
 
     return QemuNbdSource(path, "qcow2", connections=connections)
