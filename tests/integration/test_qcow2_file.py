@@ -26,6 +26,7 @@ from support import md5sum_file
 
 from zsagent.catalog import Volume
 from zsagent.config import PrimaryStorage
+from zsagent.copy.errors import SourceError
 from zsagent.copy.extents import coalesce
 from zsagent.copy.pipeline import PipelineConfig, run_copy
 from zsagent.sinks.base import NO_JOURNAL
@@ -35,6 +36,7 @@ from zsagent.sinks.raw_file import RawFileSink
 from zsagent.sources.open import open_source
 from zsagent.sources.qcow2_file import Qcow2FileSource, open_qcow2_source
 from zsagent.sources.qcow2_header import Unsupported
+from zsagent.sources.qcow2_layers import COMPRESSED
 from zsagent.sources.qemu_locks import ImageInUse
 from zsagent.sources.qemu_nbd import QemuNbdSource
 
@@ -298,3 +300,26 @@ def test_a_bitmap_left_in_use_is_refused_a_clean_one_is_not(tmp_path):
         holder.wait(10)
     with pytest.raises(Unsupported, match="bitmap 'b0' is in use"):
         Qcow2FileSource(image)
+
+
+@pytest.mark.parametrize("compression", ["zlib", "zstd"])
+def test_a_damaged_compressed_cluster_fails_the_copy_and_publishes_nothing(tmp_path, compression):
+    image = tmp_path / "c.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", f"compression_type={compression}", str(image), "1M")
+    run("qemu-io", "-f", "qcow2", "-c", "write -c -P 7 0 64k", str(image))
+    probe = Qcow2FileSource(image)
+    try:
+        (_start, _n, state, (host, stored, _cluster)), *_ = probe.layers[0].pieces(0, 64 * KiB)
+        assert state == COMPRESSED and probe.read(0, 4) == b"\x07" * 4
+    finally:
+        probe.close()
+    with open(image, "r+b") as f:
+        f.seek(host)
+        f.write(b"\xff" * stored)
+    source = Qcow2FileSource(image)
+    try:
+        with pytest.raises(SourceError, match="compressed cluster"):
+            run_copy(source, [RawFileSink(tmp_path / "t.raw")], CONFIG)
+    finally:
+        source.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.qcow2"]

@@ -27,7 +27,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from zsagent.sources.qcow2_header import COMPRESSION_ZSTD, SECTOR_BYTES, Qcow2Header
+from zsagent.sources.qcow2_header import COMPRESSION_ZSTD, SECTOR_BYTES, Qcow2Header, Unsupported
 
 DATA, COMPRESSED, ZERO, UNALLOCATED, ALLOCATED_ZERO = range(5)
 Piece = tuple[int, int, int, object]
@@ -75,6 +75,13 @@ class Qcow2Layer:
         self._compressed_bits = 62 - (self.cluster_bits - 8)
         self._compressed_sectors_mask = (1 << (self.cluster_bits - 8)) - 1
         self._preallocated: bool | None = None
+        self._zstd = None
+        if self.compression == COMPRESSION_ZSTD:
+            try:
+                import zstandard  # PyPI's zstandard: only images with zstd compression need it
+            except ImportError as e:
+                raise Unsupported(f"{path}: zstd-compressed clusters need the zstandard package") from e
+            self._zstd = zstandard
 
     def _l2_table(self, offset: int) -> tuple[array, bytes]:
         """The L2 table at ``offset``: its entries, and its bytes as stored (for run searches)."""
@@ -221,14 +228,13 @@ class Qcow2Layer:
     def decompress(self, stored: bytes) -> bytes:
         """The cluster that ``stored`` (a compressed cluster's bytes, maybe with others' after it) holds."""
         cluster = self.cluster_bytes
+        errors = (zlib.error,) if self._zstd is None else (zlib.error, self._zstd.ZstdError)
         try:
-            if self.compression == COMPRESSION_ZSTD:
-                import zstandard  # PyPI's zstandard: only images with zstd compression need it
-
-                out = zstandard.ZstdDecompressor().decompressobj().decompress(stored)
+            if self._zstd is not None:  # one zstd frame; what follows belongs to other clusters
+                out = self._zstd.ZstdDecompressor().decompressobj().decompress(stored)
             else:
                 out = zlib.decompressobj(-15).decompress(stored, cluster)  # raw deflate, as qemu writes it
-        except (zlib.error, Exception) as e:  # zstandard.ZstdError is an Exception
+        except errors as e:
             raise CorruptImage(errno.EIO, f"{self.path}: a compressed cluster does not decompress: {e}") from e
         if len(out) < cluster:
             raise CorruptImage(errno.EIO, f"{self.path}: a compressed cluster gives {len(out)} bytes of {cluster}")
