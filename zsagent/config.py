@@ -30,7 +30,8 @@ class AgentSettings:
     running at once (more queue); job_retention_s: how long async job results stay pollable;
     drain_s: on shutdown, how long running copies may finish before they are cancelled;
     spool_dir: where qemu-img converts templates bound for SFTP before they are uploaded (empty:
-    ``<data_dir>/spool``); it needs room for the largest such template."""
+    ``<data_dir>/spool``); it needs room for the largest such template; max_body_bytes: the largest
+    request body the HTTP API reads, larger ones are refused with 413 (zsagent.api.body_limit)."""
 
     listen: str = "127.0.0.1:7762"
     data_dir: str = "/var/lib/zsagent"
@@ -38,6 +39,7 @@ class AgentSettings:
     job_retention_s: int = 3 * 3600
     drain_s: int = 60
     spool_dir: str = ""
+    max_body_bytes: int = 1024 * 1024
 
     @property
     def spool_path(self) -> str:
@@ -172,6 +174,9 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     virt = _section(raw, "virt", VirtSettings, source)
     if agent.max_jobs < 1:
         raise ConfigError(f"{source}: agent.max_jobs: must be at least 1")
+    if agent.max_body_bytes < 64 * 1024:
+        raise ConfigError(f"{source}: agent.max_body_bytes: must be at least 65536 (a create call with long tags "
+                          "needs tens of KiB)")
     if ceph.backend == "fake" and not ceph.fake_root:
         raise ConfigError(f"{source}: ceph.fake_root: required when ceph.backend is \"fake\"")
     primaries = tuple(_storage(raw, "primary_storage", i, PrimaryStorage, source)
