@@ -3,7 +3,10 @@
 Requests are rewritten so that the fuzzing stays on this machine and exercises new work each time:
 - an X-Web-Hook the agent would take is replaced by ZSAGENT_FUZZ_WEB_HOOK (a receiver on 127.0.0.1): the
   agent posts results there and nowhere else;
-- an X-Job-UUID the agent would take is replaced by a fresh one (a repeated one is a 400 by design).
+- an X-Job-UUID the agent would take is replaced by a fresh one (a repeated one is a 400 by design);
+- half of the volume uuids drawn for a create are replaced by ZSAGENT_FUZZ_VOLUME, a real volume, and half
+  of the backup storage lists by [ZSAGENT_FUZZ_BACKUP_STORAGE], so that drawn names, descriptions and tags
+  reach a real copy and the images it records.
 
 Checks beside schemathesis' own (tests/schemathesis.toml says which of those run, and why some do not):
 - zstack_error_body: every 4xx/5xx is ZStack's ErrorCode in JSON (code, description, details) or one of
@@ -30,12 +33,15 @@ import schemathesis
 
 from zsagent.api.job_headers import JOB_UUID_PATTERN, check_web_hook
 from zsagent.errors import RestRefusal
+from zsagent.request import UUID_RE
 
 #: Refusals of schema-valid input that are right: rules across fields or beyond JSON Schema.
 ALLOWED_REFUSALS = (
     "conflict: give",  # two values for one system tag
     "needs the qcow2 format",  # template::compression with template::format::raw
     "(UTF-16 code units)",  # Java counts a character outside the BMP twice; JSON Schema once
+    "is already used by another image",  # a resourceUuid drawn twice, with other parameters
+    "is being created by another request",
 )
 POLL_LIMIT_S = 60
 #: job location -> its final (status, body), so that two checks poll a job once.
@@ -59,6 +65,14 @@ def before_call(context, case, kwargs):
     if key is not None and re.fullmatch(JOB_UUID_PATTERN, str(headers[key])):
         headers[key] = uuid.uuid4().hex
     case.headers = headers
+    drawn = (case.path_parameters or {}).get("volumeUuid")
+    if isinstance(drawn, str) and UUID_RE.fullmatch(drawn) and int(drawn, 16) % 2 == 0:
+        case.path_parameters["volumeUuid"] = os.environ["ZSAGENT_FUZZ_VOLUME"]
+    params = case.body.get("params") if isinstance(case.body, dict) else None
+    storages = params.get("backupStorageUuids") if isinstance(params, dict) else None
+    if isinstance(storages, list) and storages and all(isinstance(u, str) and UUID_RE.fullmatch(u) for u in storages) \
+            and int(storages[0], 16) % 2 == 0:
+        params["backupStorageUuids"] = [os.environ["ZSAGENT_FUZZ_BACKUP_STORAGE"]]
 
 
 def _is_error_code(value) -> bool:
