@@ -42,6 +42,7 @@ ALLOWED_REFUSALS = (
     "(UTF-16 code units)",  # Java counts a character outside the BMP twice; JSON Schema once
     "is already used by another image",  # a resourceUuid drawn twice, with other parameters
     "is being created by another request",
+    "must be qcow2, but backup storage",  # compression asked of a storage that keeps raw templates
 )
 POLL_LIMIT_S = 60
 #: job location -> its final (status, body), so that two checks poll a job once.

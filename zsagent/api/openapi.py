@@ -167,14 +167,15 @@ def _uuid_path(name: str, description: str, pattern: bool = False) -> dict[str, 
     return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
 
 
+_COUNT = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}  # zsagent.api.query._natural: 18 digits
 _SORTABLE = [name for name, kind in IMAGE_SCHEMA.items() if isinstance(kind, str)]
 _QUERY_PARAMETERS = [
     {"name": "q", "in": "query", "required": False, "style": "form", "explode": True,
      "schema": {"type": "array", "items": {"type": "string"}},
      "description": "<field><op><value>, ANDed; ops = != > >= < <= ?= !?= ~= !~=, or '<field> is null|not null'"},
-    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
+    {"name": "limit", "in": "query", "required": False, "schema": _COUNT,
      "description": "at most this many inventories (default 1000)"},
-    {"name": "start", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+    {"name": "start", "in": "query", "required": False, "schema": _COUNT},
     {"name": "sort", "in": "query", "required": False,
      "schema": {"type": "string", "pattern": f"^[+-]?({'|'.join(_SORTABLE)})$"}},
     {"name": "count", "in": "query", "required": False, "schema": {"type": "boolean"},
