@@ -70,7 +70,7 @@ def run_schemathesis(agent, tmp_path, *args: str) -> tuple[int, str]:
         [str(SCHEMATHESIS), "--config-file", str(REPO / "tests" / "schemathesis.toml"), "run",
          f"{agent.url}/openapi.json", "-H", f"Authorization: OAuth {SESSION}", "--workers", "1",
          "--report", "junit", "--report-dir", str(tmp_path / "report"), *args],
-        capture_output=True, text=True, env=env, timeout=1800, check=False)
+        capture_output=True, text=True, env=env, timeout=1800, check=False, cwd=tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-20000:]
     found = re.search(r"(\d+) generated, (\d+) passed", output)
