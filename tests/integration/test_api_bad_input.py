@@ -17,7 +17,7 @@ import pytest
 from agent_harness import SESSION, file_volume, running_agent, write_config
 
 from zsagent.api.classic import CREATE, DELETE_IMAGE, QUERY_IMAGE, TASK_PROGRESS
-from zsagent.api.openapi import OPERATIONS
+from zsagent.api.openapi import OPERATIONS, UNDOCUMENTED
 
 AUTH = {"Authorization": f"OAuth {SESSION}"}
 JSON = {**AUTH, "Content-Type": "application/json"}
@@ -336,3 +336,4 @@ def test_metrics_and_health_answer_as_documented(agent):
     assert "422" not in json.dumps(spec["paths"]) and "HTTPValidationError" not in json.dumps(spec)
     documented = {(method, path) for path, methods in spec["paths"].items() for method in methods}
     assert documented == set(OPERATIONS)  # every route described, no description of a route that is gone
+    assert UNDOCUMENTED not in json.dumps(spec)

@@ -115,12 +115,17 @@ def test_the_body_limit_counts_declared_and_streamed_bytes():
     assert len(seen) == 1  # the app never saw the refused ones
 
 
-def test_a_route_without_an_entry_cannot_be_documented():
+def test_a_route_without_an_entry_is_marked_undocumented():
     app = FastAPI()
 
     @app.get("/undocumented")
     async def undocumented() -> dict:
         return {}
 
-    with pytest.raises(KeyError, match="GET /undocumented"):
-        openapi.document(app, app.openapi())
+    @app.get("/health")
+    async def health() -> dict:
+        return {}
+
+    paths = openapi.document(app, app.openapi())["paths"]
+    assert "GET /undocumented" in paths["/undocumented"]["get"][openapi.UNDOCUMENTED]
+    assert openapi.UNDOCUMENTED not in paths["/health"]["get"] and "422" not in paths["/health"]["get"]["responses"]
