@@ -123,7 +123,8 @@ def _refusal(description: str, also_error: bool = False) -> dict[str, Any]:
 
 
 _AUTH_400 = "Authorization missing, of another scheme or malformed; a bad access key Date (plain text)"
-_AUTH_403 = "an access key refused: unknown, wrong signature or time skew (plain text)"
+_AUTH_403 = ("an access key refused: unknown, wrong signature or time skew (plain text); another account's "
+             "volume or image (ID.1002)")
 _AUTHENTICATED = {
     "400": _refusal(_AUTH_400),
     "403": _refusal(_AUTH_403, also_error=True),
@@ -224,11 +225,12 @@ assert set(CREATE_BODY["properties"]["params"]["properties"]) == {*PARAMS_KEYS, 
 @dataclass(frozen=True)
 class Operation:
     """What the document says of one operation beyond its path: ``responses`` by status code,
-    ``parameters`` (added to the path's), whether it needs ``Authorization``, a request body."""
+    ``parameters`` (added to the path's), whether it needs ``Authorization`` (True, False, or "optional":
+    read when sent, never refused), a request body."""
 
     responses: dict[str, Any]
     parameters: list[dict[str, Any]] = field(default_factory=list)
-    authenticated: bool = True
+    authenticated: bool | str = True
     body: dict[str, Any] | None = None
     path_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -252,9 +254,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", f"{API}/api-jobs/{{jobUuid}}"): Operation(
         {"200": _json({"type": "object"}, "done: the call's answer ({inventory} or {} for a delete)"),
          "202": _json(_EMPTY, "still running"),
-         "404": _refusal("the job has been expired"),
+         "404": _refusal("the job has been expired, or is another account's"),
          "503": _error("the job failed: its ErrorCode")},
-        [_SCHEMA_HEADER], authenticated=False,
+        [_SCHEMA_HEADER], authenticated="optional",
         path_parameters={"jobUuid": _uuid_path("jobUuid", "the job (its X-Job-UUID or location)")}),
     ("delete", f"{API}/api-jobs/{{jobUuid}}"): Operation(
         {**_AUTHENTICATED, "202": _json(_EMPTY, "asked to stop"),
@@ -316,7 +318,8 @@ def document(app: FastAPI, base: dict[str, Any]) -> dict[str, Any]:
             operation["responses"] = spec.responses
             if spec.body is not None:
                 operation["requestBody"] = spec.body
-            operation["security"] = [{"zstack": []}] if spec.authenticated else []
+            operation["security"] = {True: [{"zstack": []}], False: [], "optional": [{}, {"zstack": []}]}[
+                spec.authenticated]
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
