@@ -118,8 +118,10 @@ def _job_answer(response):
     if location in _FINAL_ANSWERS:
         return _FINAL_ANSWERS[location]
     deadline = time.monotonic() + POLL_LIMIT_S
+    sent = response.request.headers.get("Authorization")
+    credentials = {"Authorization": sent} if sent else {}  # a job is shown to its own account
     while True:
-        polled = httpx.get(location, timeout=30)
+        polled = httpx.get(location, headers=credentials, timeout=30)
         if polled.status_code != 202:
             break
         assert time.monotonic() < deadline, f"job {location} still running after {POLL_LIMIT_S} s"
