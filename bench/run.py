@@ -47,6 +47,8 @@ T_CEILING_NATIVE = "md5 ceiling (native)"
 T_OURS_RAW = "ours (-> raw file)"
 T_OURS_QCOW2 = "ours (-> qcow2 stream, md5 of the file)"
 T_OURS_QEMU_IMG = "ours (qemu-img engine -> qcow2, md5 of the file)"
+T_OURS_QCOW2_NBD = "ours via qemu-nbd (-> qcow2 stream: the reader before)"
+T_OURS_RAW_NBD = "ours via qemu-nbd (-> raw file: the reader before)"
 T_OURS_ZSTD = "ours (qemu-img engine -> qcow2 zstd)"
 T_QEMU_IMG = "qemu-img convert -O qcow2 + md5sum"
 T_QEMU_IMG_RAW = "qemu-img convert -O raw + md5sum"
@@ -125,9 +127,9 @@ class Bench:
                 "dest": self.unique(f"tpl-{vol.name}"), "mode": mode,
                 "chunk_bytes": chunk_bytes or self.chunk_bytes, "depth": depth or self.depth}
 
-    def file_spec(self, vol: Volume, sink: str) -> dict:
+    def file_spec(self, vol: Volume, sink: str, reader: str = "direct") -> dict:
         suffix = "raw" if sink == "raw" else "qcow2"
-        return {"kind": "file", "path": vol.path, "format": "qcow2", "sink": sink,
+        return {"kind": "file", "path": vol.path, "format": "qcow2", "sink": sink, "reader": reader,
                 "dest": str(self.ws.files / f"{self.unique('tpl')}.{suffix}"),
                 "chunk_bytes": self.chunk_bytes, "depth": self.depth}
 
@@ -150,6 +152,9 @@ class Bench:
             out[T_OURS_RAW] = lambda: worker(self.file_spec(vol, "raw"), env)
             if self.have_qcow2_sink:
                 out[T_OURS_QCOW2] = lambda: worker(self.file_spec(vol, "qcow2"), env)
+            if self.args.qemu_nbd_reader:
+                out[T_OURS_RAW_NBD] = lambda: worker(self.file_spec(vol, "raw", "qemu-nbd"), env)
+                out[T_OURS_QCOW2_NBD] = lambda: worker(self.file_spec(vol, "qcow2", "qemu-nbd"), env)
             out[T_OURS_QEMU_IMG] = lambda: worker(self.file_spec(vol, "qemu-img"), env)
             out[T_OURS_ZSTD] = lambda: worker(self.file_spec(vol, "qemu-img-zstd"), env)
             out[T_QEMU_IMG] = lambda: tools.qemu_img_qcow2_md5(vol.path, str(self.ws.files / "qemu-img-out.qcow2"))
@@ -302,6 +307,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="also run flatten, hash-only and the native ceiling on every volume, not only dense")
     p.add_argument("--nbdcopy-rbd", action="store_true",
                    help="also time nbdcopy reading the RBD snapshots through qemu-nbd's rbd driver (slow)")
+    p.add_argument("--qemu-nbd-reader", action="store_true",
+                   help="also copy the qcow2 chain through qemu-nbd, the reader before the direct one")
     p.add_argument("--sweep", action="store_true", help="only sweep chunk size x depth on the dense volume")
     p.add_argument("--sweep-chunks-mib", type=float, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--sweep-depths", type=int, nargs="+", default=[2, 4, 8, 16])

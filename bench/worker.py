@@ -5,7 +5,8 @@
 Spec kinds:
   rbd      {conf, keyring, pool, volume, snapshot, backup_pool, dest, mode: copy|flatten|hash-only,
             chunk_bytes, depth}
-  file     {path, format, dest, sink: raw|qcow2|qemu-img|qemu-img-zstd, chunk_bytes, depth}
+  file     {path, format, dest, sink: raw|qcow2|qemu-img|qemu-img-zstd, chunk_bytes, depth,
+            reader: direct (default: as the service, qemu-nbd only where it must) | qemu-nbd}
            (qemu-img*: the qemu-img engine, qcow2 plain or zstd-compressed, md5 of the file)
   ceiling  {bytes, impl: hashlib|native}          MD5 of ``bytes`` from a buffer in memory, 4 MiB updates
   many     {jobs: [rbd/file specs]}                all jobs at once, one thread each (as the agent would)
@@ -92,11 +93,15 @@ def run_rbd(spec: dict) -> dict:
 def run_file(spec: dict) -> dict:
     from zsagent.copy.pipeline import PipelineConfig, run_copy
     from zsagent.sinks.raw_file import RawFileSink
+    from zsagent.sources.qcow2_file import open_qcow2_source
     from zsagent.sources.qemu_nbd import QemuNbdSource
 
     config = PipelineConfig(chunk_bytes=spec["chunk_bytes"], depth=spec["depth"])
     start = time.perf_counter()
-    source = QemuNbdSource(spec["path"], spec.get("format", "qcow2"), connections=spec["depth"])  # as the service
+    if spec.get("reader") == "qemu-nbd":  # the reader before the direct one, for comparison
+        source = QemuNbdSource(spec["path"], spec.get("format", "qcow2"), connections=spec["depth"])
+    else:  # as the service opens a stopped qcow2 volume
+        source = open_qcow2_source(spec["path"], connections=spec["depth"])
     try:
         if spec["sink"].startswith("qemu-img"):  # the qemu-img engine, as the service runs it
             from zsagent.qemu_img import ConvertOptions

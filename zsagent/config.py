@@ -154,12 +154,16 @@ class FrontSettings:
 @dataclass(frozen=True)
 class PrimaryStorage:
     """Where volumes live: Ceph pools (image named by the volume uuid) or a file root in ZStack's
-    layout (``<path>/{dataVolumes,rootVolumes}/acct-<account>/vol-<uuid>/<uuid>.{qcow2,raw}``)."""
+    layout (``<path>/{dataVolumes,rootVolumes}/acct-<account>/vol-<uuid>/<uuid>.{qcow2,raw}``).
+
+    qcow2_reader: how a stopped qcow2 volume is read: "direct" (the agent reads the chain itself,
+    qemu-nbd only for what it does not handle) or "qemu-nbd" (always through qemu-nbd)."""
 
     uuid: str
     type: str  # "ceph" | "filesystem"
     pools: tuple[str, ...] = ()
     path: str | None = None
+    qcow2_reader: str = "direct"
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ class Config:
 
 _CHOICES = {
     ("primary_storage", "type"): ("ceph", "filesystem"),
+    ("primary_storage", "qcow2_reader"): ("direct", "qemu-nbd"),
     ("ceph", "backend"): ("rados", "fake"),
     ("auth", "unknown_volume_owner"): ("deny", "allow"),
 }
