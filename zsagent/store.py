@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zsagent.filemodes import private_dir, private_file
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -36,7 +38,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     errors       TEXT,            -- per backup storage errors (JSON), also on success
     point_in_time TEXT,           -- how consistent the copy is (JSON), see zsagent.virt
     created_s    REAL NOT NULL,
-    finished_s   REAL
+    finished_s   REAL,
+    account_uuid TEXT,            -- who started it (zsagent.ownership); NULL: not identified
+    readable_by_uuid INTEGER NOT NULL DEFAULT 0  -- 1: its uuid alone is enough to read it (see may_read_job)
 );
 CREATE TABLE IF NOT EXISTS journal (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,6 +76,8 @@ class JobRecord:
     created_epoch: float
     finished_epoch: float | None
     point_in_time: dict[str, Any] | None = None
+    account_uuid: str | None = None
+    readable_by_uuid: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,8 @@ class Store:
     """One SQLite database; safe to use from several threads."""
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(path).parent)
+        private_file(path)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
@@ -99,6 +106,7 @@ class Store:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{path}: store schema {version} is newer than this agent ({SCHEMA_VERSION})")
             self._db.executescript(_SCHEMA)
+            _add_missing_columns(self._db)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -144,10 +152,17 @@ class Store:
 
     # -- jobs --------------------------------------------------------------------------------------
 
-    def add_job(self, uuid: str, volume_uuid: str | None) -> None:
+    def add_job(self, uuid: str, volume_uuid: str | None, account_uuid: str | None = None,
+                readable_by_uuid: bool = False) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO jobs (uuid, volume_uuid, state, created_s) VALUES (?,?,?,?)",
-                       (uuid, volume_uuid, "queued", time.time()))
+            db.execute("INSERT INTO jobs (uuid, volume_uuid, state, created_s, account_uuid, readable_by_uuid) "
+                       "VALUES (?,?,?,?,?,?)", (uuid, volume_uuid, "queued", time.time(), account_uuid,
+                                                int(readable_by_uuid)))
+
+    def set_job_account(self, uuid: str, account_uuid: str, readable_by_uuid: bool) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET account_uuid=?, readable_by_uuid=? WHERE uuid=?",
+                       (account_uuid, int(readable_by_uuid), uuid))
 
     def set_job_state(self, uuid: str, state: str) -> None:
         with self._tx() as db:
@@ -210,7 +225,21 @@ def _job(row: sqlite3.Row) -> JobRecord:
     return JobRecord(row["uuid"], row["volume_uuid"], row["state"],
                      json.loads(row["result"]) if row["result"] else None, row["http_status"],
                      json.loads(row["errors"]) if row["errors"] else [], row["created_s"], row["finished_s"],
-                     json.loads(row["point_in_time"]) if row["point_in_time"] else None)
+                     json.loads(row["point_in_time"]) if row["point_in_time"] else None,
+                     row["account_uuid"], bool(row["readable_by_uuid"]))
+
+
+_ADDED_COLUMNS = {"jobs": (("account_uuid", "TEXT"), ("readable_by_uuid", "INTEGER NOT NULL DEFAULT 0"))}
+"""Columns newer than the first schema: added to a database made before them (its old jobs then have no
+owner, and only the admin reads them)."""
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
 
 class JobJournal:
