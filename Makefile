@@ -16,6 +16,13 @@ demo: setup
 
 bench: setup
 	.venv/bin/python bench/run.py $(if $(SWEEP),--sweep) $(BENCH_ARGS)
+	.venv/bin/python bench/front.py
+
+# Templates through `zsagent front` against ZStack's own agent commands (rbd export | ssh cat, qemu-img
+# convert + scp) on the same data; also the last part of `make bench`.
+.PHONY: bench-front
+bench-front: setup
+	.venv/bin/python bench/front.py $(BENCH_ARGS)
 
 # SFTP uploads (ours, MD5 included) against OpenSSH's sftp put on a throwaway loopback sshd; ~4 min.
 .PHONY: bench-sftp

@@ -106,6 +106,48 @@ class VirtSettings:
     freeze_timeout_s: int = 30
 
 
+FRONTS = ("ceph", "kvm")
+"""The agents `zsagent front` can stand in front of: ZStack's Ceph primary-storage agent (7762) or kvmagent
+(7070, local and NFS primary storage)."""
+
+
+@dataclass(frozen=True)
+class FrontSettings:
+    """`zsagent front`: where the management node's agent commands arrive (zsagent.front).
+
+    fronts: which ZStack agent it stands in front of, "ceph" or "kvm" (what it takes over follows);
+    listen: "host:port" the management node sends to (see README "Behind an unmodified ZStack management
+    node"); upstream_url: ZStack's own agent, which gets every other command byte for byte;
+    upstream_timeout_s: longest wait for that agent's answer (the management node waits 300 s);
+    known_hosts / accept_new_host_keys: host keys of the SFTP backup storages the commands name (their
+    hostname and port); intent_ttl_s: how long a local/NFS ``createtemplate`` waits for its upload before
+    it is forgotten; callback_retry_s: how long a result is offered to the management node (ZStack's
+    agents: 60 s); data_dir: its store and job state (empty: ``<agent.data_dir>``, shared with `serve`)."""
+
+    fronts: str = ""
+    listen: str = "0.0.0.0:7764"
+    upstream_url: str = ""
+    upstream_timeout_s: int = 300
+    known_hosts: str = "/etc/zsagent/front_known_hosts"
+    accept_new_host_keys: bool = False
+    intent_ttl_s: int = 3600
+    callback_retry_s: int = 60
+    data_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.fronts and self.fronts not in FRONTS:
+            raise ValueError(f"fronts: {self.fronts!r} is not one of {', '.join(FRONTS)}")
+        if self.upstream_url and not re.match(r"^https?://[^/\s]+$", self.upstream_url):
+            raise ValueError(f"upstream_url: {self.upstream_url!r} is not http://host:port (no path)")
+        for name in ("upstream_timeout_s", "intent_ttl_s", "callback_retry_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.fronts and self.upstream_url)
+
+
 @dataclass(frozen=True)
 class PrimaryStorage:
     """Where volumes live: Ceph pools (image named by the volume uuid) or a file root in ZStack's
@@ -140,6 +182,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     image: ImageDefaults = field(default_factory=ImageDefaults)
     virt: VirtSettings = field(default_factory=VirtSettings)
+    front: FrontSettings = field(default_factory=FrontSettings)
     primary_storage: tuple[PrimaryStorage, ...] = ()
     backup_storage: tuple[BackupStorage, ...] = ()
     source: str = "<defaults>"
@@ -176,7 +219,7 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     """Check a parsed TOML document and build the Config."""
-    known = {"agent", "auth", "ceph", "pipeline", "image", "virt", "primary_storage", "backup_storage"}
+    known = {"agent", "auth", "ceph", "pipeline", "image", "virt", "front", "primary_storage", "backup_storage"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{source}: {key}: unknown section (expected one of {', '.join(sorted(known))})")
@@ -186,6 +229,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     pipeline = _section(raw, "pipeline", PipelineConfig, source)
     image = _section(raw, "image", ImageDefaults, source)
     virt = _section(raw, "virt", VirtSettings, source)
+    front = _section(raw, "front", FrontSettings, source)
     if agent.max_jobs < 1:
         raise ConfigError(f"{source}: agent.max_jobs: must be at least 1")
     if ceph.backend == "fake" and not ceph.fake_root:
@@ -201,7 +245,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
             seen.add(item.uuid)
     if sum(bs.default for bs in backups) > 1:
         raise ConfigError(f"{source}: backup_storage.default: only one backup storage can be the default")
-    return Config(agent, auth, ceph, pipeline, image, virt, primaries, backups, source)
+    return Config(agent, auth, ceph, pipeline, image, virt, front, primaries, backups, source)
 
 
 def _section(raw: dict[str, Any], name: str, cls, source: str):

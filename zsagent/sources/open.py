@@ -47,11 +47,23 @@ class PointInTimeOptions:
 @contextmanager
 def open_source(volume: Volume, journal: Journal, *, snapshot: str | None = None, ceph=None, cluster=None,
                 qemu_input: tuple[str, str] | None = None, virt: PointInTimeOptions = PointInTimeOptions(),
-                on_report: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Source]:
+                on_report: Callable[[dict[str, Any]], None] | None = None,
+                existing_snapshot: bool = False) -> Iterator[Source]:
     """The Source of ``volume`` at one point in time; ``snapshot`` names the RBD snapshot to take (ceph
     volumes; ``ceph``/``cluster`` are the backend and a connected handle); ``qemu_input`` how qemu-img
-    names that snapshot (None: it cannot read it). Raises zsagent.virt.VirtError when no consistent point
-    in time can be had."""
+    names that snapshot (None: it cannot read it). ``existing_snapshot``: the snapshot is someone else's
+    (the management node took it, zsagent.front): read as it is, neither taken nor removed. Raises
+    zsagent.virt.VirtError when no consistent point in time can be had."""
+    if volume.kind == "ceph" and existing_snapshot:
+        if snapshot is None:
+            raise ValueError("an RBD volume is read at a snapshot: name it")
+        with cluster.open_ioctx(volume.pool) as ioctx:
+            source = RbdSnapshotSource(ceph.rbd, ioctx, volume.image, snapshot, qemu_input=qemu_input)
+            try:
+                yield source
+            finally:
+                source.close()
+        return
     if volume.kind == "ceph":
         with _rbd_snapshot(volume, journal, snapshot, ceph, cluster, qemu_input, virt, on_report) as source:
             yield source
