@@ -8,6 +8,11 @@ setup:
 test: setup
 	scripts/run-tests $(PYTEST_ARGS)
 
+# The long and heavy cases (pytest marker "reliability"), against the same throwaway services.
+.PHONY: reliability
+reliability: setup
+	scripts/run-tests -m reliability $(PYTEST_ARGS)
+
 lint: setup
 	.venv/bin/ruff check .
 
