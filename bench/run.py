@@ -32,7 +32,7 @@ from setup_env import (  # noqa: E402
     create_qcow2_chain,
     create_rbd_volume,
 )
-from targets import LIMITS  # noqa: E402
+from targets import LIMITS, chosen_md5_ceiling  # noqa: E402
 
 WORKER = str(Path(__file__).resolve().parent / "worker.py")
 
@@ -240,7 +240,24 @@ class Bench:
             sum(self.results[n][tool_of[n]][run["rep"]]["client_cpu_s"] + self.results[n][tool_of[n]][run["rep"]]
                 ["osd_cpu_s"] for n in names) for run in self.concurrent_runs)
         cpu_together = statistics.median(r["client_cpu_s"] + r["osd_cpu_s"] for r in self.concurrent_runs)
-        return {"volumes": names, "runs": self.concurrent_runs, "speedup": statistics.median(ratios),
+        # The agent's own CPU (copy windows, OSD and qemu-nbd apart): together vs the four alone, same repetition.
+        agent_ratios, agent_together, agent_alone, stall_shares, stalls = [], [], [], [], []
+        for run in self.concurrent_runs:
+            alone = [self.results[n][tool_of[n]][run["rep"]].get("copy_cpu_s") for n in names]
+            if run.get("copy_cpu_s") and all(alone):
+                agent_ratios.append(run["copy_cpu_s"] / sum(alone))
+                agent_together.append(run["copy_cpu_s"])
+                agent_alone.append(sum(alone))
+            job_stalls = [job.get("stalls_s", 0.0) for job in run["jobs"]]
+            stalls.append(max(job_stalls))
+            stall_shares.append(max(job_stalls) / run["seconds"])
+        agent = {}
+        if agent_ratios:
+            agent = {"agent_cpu_ratio": statistics.median(agent_ratios),
+                     "agent_cpu_s_per_gib_together": statistics.median(agent_together) / (total / GiB),
+                     "agent_cpu_s_per_gib_one_at_a_time": statistics.median(agent_alone) / (total / GiB),
+                     "longest_stall_s": max(stalls), "stall_share": max(stall_shares)}
+        return {**agent, "volumes": names, "runs": self.concurrent_runs, "speedup": statistics.median(ratios),
                 "cpu_s_one_at_a_time": cpu_one_at_a_time, "cpu_s_together": cpu_together,
                 "sequential_s": statistics.median(sequential), "together_s": statistics.median(together),
                 "aggregate_mib_s": total / statistics.median(together) / MiB,
@@ -350,7 +367,7 @@ def main(argv: list[str]) -> int:
         else:
             bench.main_loop()
             check_digests(bench)
-            rows = report.build_rows(volumes, bench.results)
+            rows = report.build_rows(volumes, bench.results, chosen_md5_ceiling(facts))
             concurrent = bench.concurrent_summary()
             table = report.render(rows, concurrent)
             goals = report.targets(rows, concurrent, volumes, bench.results)
