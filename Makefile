@@ -8,6 +8,11 @@ setup:
 test: setup
 	scripts/run-tests $(PYTEST_ARGS)
 
+# The long and heavy cases (pytest marker "reliability"), against the same throwaway services.
+.PHONY: reliability
+reliability: setup
+	scripts/run-tests -m reliability $(PYTEST_ARGS)
+
 lint: setup
 	.venv/bin/ruff check .
 
@@ -28,8 +33,3 @@ bench-front: setup
 .PHONY: bench-sftp
 bench-sftp: setup
 	.venv/bin/python bench/sftp.py $(BENCH_ARGS)
-
-# Everything, the slow and load-sensitive `reliability` tests too (tests/reliability, README "Faults").
-.PHONY: reliability
-reliability: setup
-	scripts/run-tests -m "reliability or not reliability" $(PYTEST_ARGS)

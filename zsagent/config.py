@@ -31,7 +31,9 @@ class AgentSettings:
     drain_s: on shutdown, how long running copies may finish before they are cancelled;
     spool_dir: where qemu-img converts templates bound for SFTP before they are uploaded (empty:
     ``<data_dir>/spool``); it needs room for the largest such template. tls_cert_file / tls_key_file:
-    PEM files; both set: the API is served over HTTPS (one without the other is a configuration error)."""
+    PEM files; both set: the API is served over HTTPS (one without the other is a configuration error).
+    max_body_bytes: the largest request body the HTTP API reads, larger ones are refused with 413
+    (zsagent.api.body_limit)."""
 
     listen: str = "127.0.0.1:7762"
     data_dir: str = "/var/lib/zsagent"
@@ -41,6 +43,7 @@ class AgentSettings:
     spool_dir: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    max_body_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -151,12 +154,16 @@ class FrontSettings:
 @dataclass(frozen=True)
 class PrimaryStorage:
     """Where volumes live: Ceph pools (image named by the volume uuid) or a file root in ZStack's
-    layout (``<path>/{dataVolumes,rootVolumes}/acct-<account>/vol-<uuid>/<uuid>.{qcow2,raw}``)."""
+    layout (``<path>/{dataVolumes,rootVolumes}/acct-<account>/vol-<uuid>/<uuid>.{qcow2,raw}``).
+
+    qcow2_reader: how a stopped qcow2 volume is read: "direct" (the agent reads the chain itself,
+    qemu-nbd only for what it does not handle) or "qemu-nbd" (always through qemu-nbd)."""
 
     uuid: str
     type: str  # "ceph" | "filesystem"
     pools: tuple[str, ...] = ()
     path: str | None = None
+    qcow2_reader: str = "direct"
 
 
 @dataclass(frozen=True)
@@ -193,6 +200,7 @@ class Config:
 
 _CHOICES = {
     ("primary_storage", "type"): ("ceph", "filesystem"),
+    ("primary_storage", "qcow2_reader"): ("direct", "qemu-nbd"),
     ("ceph", "backend"): ("rados", "fake"),
     ("auth", "unknown_volume_owner"): ("deny", "allow"),
 }
@@ -232,6 +240,9 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     front = _section(raw, "front", FrontSettings, source)
     if agent.max_jobs < 1:
         raise ConfigError(f"{source}: agent.max_jobs: must be at least 1")
+    if agent.max_body_bytes < 64 * 1024:
+        raise ConfigError(f"{source}: agent.max_body_bytes: must be at least 65536 (a create call with long tags "
+                          "needs tens of KiB)")
     if ceph.backend == "fake" and not ceph.fake_root:
         raise ConfigError(f"{source}: ceph.fake_root: required when ceph.backend is \"fake\"")
     primaries = tuple(_storage(raw, "primary_storage", i, PrimaryStorage, source)

@@ -6,7 +6,9 @@ releases everything on exit.
                   removed unless a clone now depends on it (then its journal entry stays, for the caller
                   to clear with the image record)
     file volume   a running VM writes it: its disk as it was (libvirt pull backup or external overlay,
-                  zsagent.virt); otherwise the file itself: qcow2 chain over qemu-nbd, raw read in place
+                  zsagent.virt); otherwise the file itself: a qcow2 chain read directly
+                  (zsagent.sources.qcow2_file; qemu-nbd when it needs what that reader does not do),
+                  a raw file read in place
 
 Every change to a running domain is journalled by zsagent.virt with its own undo. ``on_report`` gets
 the point-in-time report (consistency, method, frozen time) when libvirt was asked.
@@ -25,7 +27,7 @@ from zsagent.ceph.snapshots import JOURNAL_KIND as SNAPSHOT_KIND
 from zsagent.ceph.snapshots import create_snapshot, release_snapshot
 from zsagent.sinks.base import Journal
 from zsagent.sources.base import Source
-from zsagent.sources.qemu_nbd import QemuNbdSource
+from zsagent.sources.qcow2_file import open_qcow2_source
 from zsagent.sources.raw_file import RawFileSource
 from zsagent.sources.rbd_snapshot import RbdSnapshotSource
 from zsagent.virt import UndoJournal, open_point_in_time
@@ -142,7 +144,8 @@ def _file_volume(volume: Volume, journal: Journal, virt: PointInTimeOptions, on_
 @contextmanager
 def _stopped_file(volume: Volume, connections: int) -> Iterator[Source]:
     if volume.format == "qcow2":
-        source = QemuNbdSource(volume.path, "qcow2", connections=connections)
+        direct = volume.primary_storage is None or volume.primary_storage.qcow2_reader == "direct"
+        source = open_qcow2_source(volume.path, connections=connections, direct=direct)
     else:
         source = RawFileSource(volume.path)
     try:
