@@ -24,20 +24,35 @@ def files_under(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
-def once_at_first_read(monkeypatch, source_class, action) -> threading.Event:
-    """Run ``action()`` once, from the copy's first read of ``source_class`` (the copy is under way)."""
-    done = threading.Event()
-    lock = threading.Lock()
-    original = source_class.read
+_LOCK = threading.Lock()
 
-    def read(self, offset, length):
-        with lock:
+
+def once_at_first_read(monkeypatch, source_class, action, done: threading.Event | None = None) -> threading.Event:
+    """Run ``action()`` once (``done`` shared between classes), from the copy's first read or readinto of
+    ``source_class`` (the copy is under way)."""
+    done = done or threading.Event()
+
+    def fire():
+        with _LOCK:
             if not done.is_set():
                 action()
                 done.set()
-        return original(self, offset, length)
+
+    original_read = source_class.read
+
+    def read(self, offset, length):
+        fire()
+        return original_read(self, offset, length)
 
     monkeypatch.setattr(source_class, "read", read)
+    if hasattr(source_class, "readinto"):
+        original_readinto = source_class.readinto
+
+        def readinto(self, offset, buffer):
+            fire()
+            return original_readinto(self, offset, buffer)
+
+        monkeypatch.setattr(source_class, "readinto", readinto)
     return done
 
 
@@ -142,6 +157,7 @@ def _write(path):
                                          (_write, "written")])
 def test_a_file_volume_changed_during_the_copy_is_sys_1006_and_leaves_nothing(file_copy_agent, monkeypatch, fmt,
                                                                              change, says):
+    from zsagent.sources.qcow2_file import Qcow2FileSource
     from zsagent.sources.qemu_nbd import QemuNbdSource
     from zsagent.sources.raw_file import RawFileSource
 
@@ -153,8 +169,9 @@ def test_a_file_volume_changed_during_the_copy_is_sys_1006_and_leaves_nothing(fi
         path.unlink()
         path = qcow2
     os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # a write mid-copy surely moves the time on
-    fired = once_at_first_read(monkeypatch, RawFileSource if fmt == "raw" else QemuNbdSource,
-                               lambda: change(path))
+    fired = threading.Event()
+    for source_class in [RawFileSource] if fmt == "raw" else [Qcow2FileSource, QemuNbdSource]:
+        fired = once_at_first_read(monkeypatch, source_class, lambda: change(path), fired)
     answer = agent.post_create(vol, {"backupStorageUuids": [agent.bs]})
     assert fired.is_set()
     assert answer.status_code in (404, 503), answer.text
