@@ -31,6 +31,10 @@ class Agent:
         self.service.close()
         self.store.close()
 
+    def wait_cleaned(self, timeout_s: float | None = None) -> bool:
+        """Wait until the background cleanup has nothing left it can remove now; True when so."""
+        return self.service.janitor.idle.wait(timeout_s)
+
 
 def sessions_for(config: Config) -> Authenticator:
     """Who may call: sessions (a file, or a management node) and access keys (a file), per [auth]."""
@@ -43,14 +47,17 @@ def sessions_for(config: Config) -> Authenticator:
 
 
 def build_agent(config: Config) -> Agent:
-    """Open the store, reconcile what a previous run left behind, and build the app."""
+    """Open the store, fail the jobs a previous run left unfinished (telling their web hooks), start
+    removing what they left in the background, and build the app: it serves at once."""
     os.makedirs(config.agent.data_dir, exist_ok=True)
     md5.choose(config.agent.data_dir)  # measured once per CPU and library version, before the first copy
     store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
     service = TemplateService(config, store)
-    interrupted = service.reconcile()
+    interrupted = service.fail_interrupted()
     if interrupted:
-        log.warning("jobs interrupted by the last stop, now failed: %s", ", ".join(interrupted))
+        log.warning("jobs interrupted by the last stop, now failed: %s", ", ".join(j.uuid for j in interrupted))
     jobs = JobManager(store, config.agent.job_retention_s, metrics=service.metrics)
+    jobs.tell_interrupted(interrupted)
+    service.janitor.start()  # what the interrupted jobs left (Ceph may hold a dead watch for 30 s)
     app = create_app(service, jobs, sessions_for(config))
     return Agent(config, store, service, jobs, app)

@@ -16,7 +16,7 @@ import time
 import uuid as uuidlib
 from typing import Any
 
-from zsagent import cleanup, errors
+from zsagent import cleanup, errors, faults
 from zsagent.admission import Admission
 from zsagent.catalog import Catalog, Volume
 from zsagent.ceph import open_backend
@@ -26,19 +26,22 @@ from zsagent.copy.errors import AllSinksFailed, CopyCancelled, CopyError
 from zsagent.copy.pipeline import CopyResult
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.inventory import backup_storage_ref, image_inventory, zstack_date
+from zsagent.janitor import Janitor
 from zsagent.jobs import Job, JobState
 from zsagent.metrics import Metrics
 from zsagent.qemu_img import rbd_filename
 from zsagent.request import CreateRequest
 from zsagent.sources.open import PointInTimeOptions, open_source
 from zsagent.storages import KINDS, Destination, Runtime, TemplateJob, TemplateTags
-from zsagent.store import ImageRecord, JobJournal, JournalScope, Store
+from zsagent.store import ImageRecord, JobJournal, JobRecord, JournalScope, Store
 from zsagent.transfer import transfer
 from zsagent.virt import VirtError
 
 log = logging.getLogger(__name__)
 
 ADMIN_ACCOUNT_UUID = "36c27e8ff05c4780bf6d2fa65700f22e"  # ZStack's built-in admin account
+INTERRUPTED = ErrorCode(errors.OPERATION_FAILURE, "agent restarted during copy")
+"""How a job that a restart ended fails."""
 
 
 class TemplateService:
@@ -49,6 +52,9 @@ class TemplateService:
         uses_ceph = any(s.type == "ceph" for s in (*config.primary_storage, *config.backup_storage))
         self.runtime = Runtime(config, open_backend(config.ceph) if uses_ceph else None)
         self.admission = Admission(config.agent.max_jobs)
+        self._active: set[str] = set()  # jobs running their copy in this process: their artifacts are theirs
+        self._active_lock = threading.Lock()
+        self.janitor = Janitor(store, self.runtime, self.active_jobs, self.metrics)
         self._create_guard = threading.Lock()  # makes "check resourceUuid, then claim it" atomic
         self._claimed: set[str] = set()
 
@@ -64,14 +70,19 @@ class TemplateService:
         try:
             return self.runtime.cluster
         except Exception as e:
-            raise errors.operation_failed(f"cannot connect to Ceph: {e}") from e
+            raise errors.operation_failed(self.runtime.unreachable or f"cannot connect to Ceph: {e}") from e
+
+    def active_jobs(self) -> set[str]:
+        with self._active_lock:
+            return set(self._active)
 
     def close(self) -> None:
+        self.janitor.stop()
         self.runtime.close()
 
     @property
     def catalog(self) -> Catalog:
-        return Catalog(self.config, self.ceph, self.cluster)
+        return Catalog(self.config, self.ceph, lambda: self.cluster)
 
     # -- the call ----------------------------------------------------------------------------------
 
@@ -92,12 +103,15 @@ class TemplateService:
             self.metrics.queued.inc()
             queued = True
             try:
-                with self.admission.volume(volume.uuid), self.admission.slot(job.cancel, lambda: job.cancel_reason):
-                    self.metrics.queued.dec()
-                    queued = False
-                    job.set_state(JobState.RUNNING)
-                    with self.metrics.running.track_inprogress():
-                        return self._run(request, account_uuid, volume, storages, image_uuid, job)
+                with self.admission.volume(volume.uuid):
+                    # a retry first removes what an earlier attempt on this volume or template left
+                    self.janitor.settle(volume.uuid, image_uuid, self.config.agent.cleanup_wait_s, job.cancel)
+                    with self.admission.slot(job.cancel, lambda: job.cancel_reason):
+                        self.metrics.queued.dec()
+                        queued = False
+                        job.set_state(JobState.RUNNING)
+                        with self.metrics.running.track_inprogress():
+                            return self._run(request, account_uuid, volume, storages, image_uuid, job)
             finally:
                 if queued:
                     self.metrics.queued.dec()
@@ -136,7 +150,19 @@ class TemplateService:
 
     def _run(self, request: CreateRequest, account_uuid: str, volume: Volume, storages: list[BackupStorage],
              image_uuid: str, job: Job) -> dict[str, Any]:
-        journal = JobJournal(self.store, job.uuid)
+        with self._active_lock:
+            self._active.add(job.uuid)
+        try:
+            return self._run_active(request, account_uuid, volume, storages, image_uuid, job)
+        finally:
+            with self._active_lock:
+                self._active.discard(job.uuid)
+            if self.store.artifacts(job.uuid):
+                self.janitor.wake()  # what this job could not remove is retried in the background
+
+    def _run_active(self, request: CreateRequest, account_uuid: str, volume: Volume,
+                    storages: list[BackupStorage], image_uuid: str, job: Job) -> dict[str, Any]:
+        journal = JobJournal(self.store, job.uuid, volume.uuid, image_uuid)
         tags = TemplateTags(mode=request.system_tag("ceph::copyMode"), format=request.system_tag("template::format"),
                             compression=request.system_tag("template::compression"),
                             bandwidth=request.system_tag("sftp::bandwidth"))
@@ -215,6 +241,7 @@ class TemplateService:
             with open_source(volume, journal, snapshot=template.snapshot, ceph=self.ceph,
                              cluster=self.cluster if volume.kind == "ceph" else None,
                              qemu_input=self._rbd_qemu_input(template), virt=options, on_report=on_report) as source:
+                faults.hit("snapshot-taken")
                 return transfer(source, sinks, converters, self.config.pipeline, progress=progress,
                                 cancel=job.cancel, hash_content=hash_content)
         except VirtError as e:
@@ -280,6 +307,7 @@ class TemplateService:
                 "tagUuids": list(request.tag_uuids)}
         owned = [i for d, _, _ in kept for i in d.journal.ids]
         owned += [i for i, kind in source_journal.ids.items() if kind == SNAPSHOT_KIND]  # a clone's parent
+        faults.hit("record-before")
         self.store.put_image(ImageRecord(image_uuid, template.account_uuid, volume.uuid, request.fingerprint(),
                                          inventory, stored_refs, tags), owned)
         return inventory
@@ -287,25 +315,26 @@ class TemplateService:
     # -- cleanup, restart, delete -----------------------------------------------------------------
 
     def clean_job(self, job_uuid: str) -> None:
-        """Remove every journalled artifact of a job (newest first), then forget them."""
+        """Remove every journalled artifact of a job (newest first), then forget them; what cannot be
+        removed now stays journalled and the janitor retries it."""
         for artifact in reversed(self.store.artifacts(job_uuid)):
-            try:
-                cleanup.remove(artifact.kind, artifact.spec, self.runtime)
-            except Exception:  # noqa: BLE001 - kept in the journal; the next start retries
-                log.exception("job %s: could not remove %s %s", job_uuid, artifact.kind, artifact.spec)
-                continue
-            self.store.clear_artifact(artifact.id)
+            self.janitor.remove(artifact)
 
-    def reconcile(self) -> list[str]:
-        """After a restart: jobs that were running failed; remove what they left behind, including a
-        template published but never recorded (its client never got a success)."""
+    def fail_interrupted(self) -> list[JobRecord]:
+        """After a restart: jobs that were queued or running failed (SYS.1006 "agent restarted during
+        copy"); returns them as they are stored now (with their web hooks)."""
         interrupted = []
         for job in self.store.unfinished_jobs():
-            error = ErrorCode(errors.OPERATION_FAILURE, "agent restarted during copy")
-            self.store.finish_job(job.uuid, JobState.FAILED, 503, {"error": error.to_json()})
-            interrupted.append(job.uuid)
-        for job_uuid in dict.fromkeys(a.job_uuid for a in self.store.artifacts()):
-            self.clean_job(job_uuid)
+            self.store.finish_job(job.uuid, JobState.FAILED, 503, {"error": INTERRUPTED.to_json()})
+            interrupted.append(self.store.get_job(job.uuid))
+        return [j for j in interrupted if j is not None]
+
+    def reconcile(self) -> list[str]:
+        """After a restart, at once: fail interrupted jobs and try once to remove what they left behind,
+        including a template published but never recorded (its client never got a success). The daemon
+        does the removal in the background instead (``janitor``)."""
+        interrupted = [job.uuid for job in self.fail_interrupted()]
+        self.janitor.sweep(lambda artifact: True, force=True)
         return interrupted
 
     def get_image(self, image_uuid: str, account_uuid: str | None = None) -> dict[str, Any]:

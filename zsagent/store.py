@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -36,16 +36,28 @@ CREATE TABLE IF NOT EXISTS jobs (
     errors       TEXT,            -- per backup storage errors (JSON), also on success
     point_in_time TEXT,           -- how consistent the copy is (JSON), see zsagent.virt
     created_s    REAL NOT NULL,
-    finished_s   REAL
+    finished_s   REAL,
+    webhook      TEXT             -- where the result is POSTed (also after a restart ended the job)
 );
 CREATE TABLE IF NOT EXISTS journal (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     job_uuid     TEXT NOT NULL,
     kind         TEXT NOT NULL,   -- a storage kind, ceph-snapshot, spool or virt-* (zsagent.cleanup)
     spec         TEXT NOT NULL,   -- where the artifact is (JSON)
-    created_s    REAL NOT NULL
+    created_s    REAL NOT NULL,
+    volume_uuid  TEXT,            -- the job's volume and template: a retry cleans what an earlier
+    image_uuid   TEXT,            -- attempt left (zsagent.janitor)
+    attempts     INTEGER NOT NULL DEFAULT 0,  -- failed removals so far
+    last_error   TEXT             -- why the last removal failed
 );
 """
+
+_ADDED_COLUMNS = {
+    "jobs": {"webhook": "TEXT"},
+    "journal": {"volume_uuid": "TEXT", "image_uuid": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0",
+                "last_error": "TEXT"},
+}
+"""Columns schema 2 added to tables of schema 1 (added to older databases when they are opened)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,7 @@ class JobRecord:
     created_epoch: float
     finished_epoch: float | None
     point_in_time: dict[str, Any] | None = None
+    webhook: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,11 @@ class Artifact:
     job_uuid: str
     kind: str
     spec: dict[str, Any]
+    volume_uuid: str | None = None
+    image_uuid: str | None = None
+    created_epoch: float = 0.0
+    attempts: int = 0
+    last_error: str | None = None
 
 
 class Store:
@@ -99,6 +117,11 @@ class Store:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{path}: store schema {version} is newer than this agent ({SCHEMA_VERSION})")
             self._db.executescript(_SCHEMA)
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                for name, declaration in columns.items():
+                    if name not in have:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -144,10 +167,10 @@ class Store:
 
     # -- jobs --------------------------------------------------------------------------------------
 
-    def add_job(self, uuid: str, volume_uuid: str | None) -> None:
+    def add_job(self, uuid: str, volume_uuid: str | None, webhook: str | None = None) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO jobs (uuid, volume_uuid, state, created_s) VALUES (?,?,?,?)",
-                       (uuid, volume_uuid, "queued", time.time()))
+            db.execute("INSERT INTO jobs (uuid, volume_uuid, state, created_s, webhook) VALUES (?,?,?,?,?)",
+                       (uuid, volume_uuid, "queued", time.time(), webhook))
 
     def set_job_state(self, uuid: str, state: str) -> None:
         with self._tx() as db:
@@ -177,11 +200,18 @@ class Store:
 
     # -- journal of temporary artifacts ------------------------------------------------------------
 
-    def journal(self, job_uuid: str, kind: str, spec: dict[str, Any]) -> int:
+    def journal(self, job_uuid: str, kind: str, spec: dict[str, Any], volume_uuid: str | None = None,
+                image_uuid: str | None = None) -> int:
         """Record an artifact *before* it is created (temporary or final name); returns its id."""
         with self._tx() as db:
-            return db.execute("INSERT INTO journal (job_uuid, kind, spec, created_s) VALUES (?,?,?,?)",
-                              (job_uuid, kind, json.dumps(spec, sort_keys=True), time.time())).lastrowid
+            return db.execute("INSERT INTO journal (job_uuid, kind, spec, created_s, volume_uuid, image_uuid) "
+                              "VALUES (?,?,?,?,?,?)", (job_uuid, kind, json.dumps(spec, sort_keys=True),
+                                                       time.time(), volume_uuid, image_uuid)).lastrowid
+
+    def artifact_failed(self, artifact_id: int, error: str) -> None:
+        """Count a failed removal of the artifact and keep why."""
+        with self._tx() as db:
+            db.execute("UPDATE journal SET attempts=attempts+1, last_error=? WHERE id=?", (error, artifact_id))
 
     def clear_journal(self, job_uuid: str) -> None:
         with self._tx() as db:
@@ -198,7 +228,8 @@ class Store:
             else:
                 rows = self._db.execute("SELECT * FROM journal WHERE job_uuid=? ORDER BY id",
                                         (job_uuid,)).fetchall()
-        return [Artifact(r["id"], r["job_uuid"], r["kind"], json.loads(r["spec"])) for r in rows]
+        return [Artifact(r["id"], r["job_uuid"], r["kind"], json.loads(r["spec"]), r["volume_uuid"],
+                         r["image_uuid"], r["created_s"], r["attempts"], r["last_error"]) for r in rows]
 
 
 def _image(row: sqlite3.Row) -> ImageRecord:
@@ -210,7 +241,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
     return JobRecord(row["uuid"], row["volume_uuid"], row["state"],
                      json.loads(row["result"]) if row["result"] else None, row["http_status"],
                      json.loads(row["errors"]) if row["errors"] else [], row["created_s"], row["finished_s"],
-                     json.loads(row["point_in_time"]) if row["point_in_time"] else None)
+                     json.loads(row["point_in_time"]) if row["point_in_time"] else None, row["webhook"])
 
 
 class JobJournal:
@@ -221,12 +252,15 @@ class JobJournal:
     destinations' entries to ``Store.put_image``.
     """
 
-    def __init__(self, store: Store, job_uuid: str) -> None:
+    def __init__(self, store: Store, job_uuid: str, volume_uuid: str | None = None,
+                 image_uuid: str | None = None) -> None:
         self.store = store
         self.job_uuid = job_uuid
+        self.volume_uuid = volume_uuid
+        self.image_uuid = image_uuid
 
     def record(self, kind: str, spec: dict[str, Any]) -> int:
-        return self.store.journal(self.job_uuid, kind, spec)
+        return self.store.journal(self.job_uuid, kind, spec, self.volume_uuid, self.image_uuid)
 
     def forget(self, artifact_id: int) -> None:
         self.store.clear_artifact(artifact_id)

@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Sequence
 
+from zsagent import faults
 from zsagent.ceph.images import data_ranges
 from zsagent.copy.extents import Extent
 from zsagent.sinks.base import NO_JOURNAL, PART_SUFFIX, Journal, SinkResult
@@ -59,6 +60,7 @@ class _RbdPartImage:
         self.image.close()
         self.image = None
         self._final_id = self.journal.record(JOURNAL_KIND, {"pool": self.pool, "image": self.name})
+        faults.hit("publish-before-rename")
         try:
             self.rbd.RBD().rename(self.ioctx, self.part, self.name)  # refuses to replace an image
         except BaseException:
@@ -66,6 +68,7 @@ class _RbdPartImage:
             self._final_id = None
             raise
         self._created, self._published = False, True
+        faults.hit("publish-after-rename")
         self._forget_part()
         self._committed = True
         return SinkResult(self.description, actual, parent)
