@@ -1,5 +1,5 @@
 # The two commands a new user runs: `make demo` and `make test` (see README.md).
-.PHONY: setup test demo bench lint
+.PHONY: setup test demo bench lint reliability
 
 setup:
 	scripts/setup
@@ -7,6 +7,10 @@ setup:
 # Starts a throwaway Ceph cluster and sshd, runs pytest and ruff, stops the services even on failure.
 test: setup
 	scripts/run-tests $(PYTEST_ARGS)
+
+# The whole reliability suite (tests/reliability), its long cases included; prints the figures it measured.
+reliability: setup
+	scripts/run-tests tests/reliability -m "" $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check .

@@ -47,6 +47,7 @@ class Janitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.idle = threading.Event()  # set while nothing cleanable is pending
+        self.before_first_sweep: Callable[[list[Artifact]], None] | None = None
 
     # -- background -------------------------------------------------------------------------------
 
@@ -66,6 +67,11 @@ class Janitor:
 
     def _loop(self) -> None:
         faults.hit("reconcile")
+        if self.before_first_sweep is not None:
+            try:
+                self.before_first_sweep(self.cleanable())
+            except Exception:  # noqa: BLE001 - an optimisation only
+                log.exception("preparing the cleanup failed")
         while not self._stop.is_set():
             self._wake.clear()
             try:

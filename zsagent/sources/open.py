@@ -120,17 +120,17 @@ def _file_volume(volume: Volume, journal: Journal, virt: PointInTimeOptions, on_
             if live is not None:  # a running VM's disk as it was: closed by the point in time
                 yield live
                 return
-            with _stopped_file(volume, virt.connections) as source:
+            with _stopped_file(volume, virt.connections, journal) as source:
                 yield source
         return
-    with _stopped_file(volume, virt.connections) as source:
+    with _stopped_file(volume, virt.connections, journal) as source:
         yield source
 
 
 @contextmanager
-def _stopped_file(volume: Volume, connections: int) -> Iterator[Source]:
+def _stopped_file(volume: Volume, connections: int, journal: Journal) -> Iterator[Source]:
     if volume.format == "qcow2":
-        source = QemuNbdSource(volume.path, "qcow2", connections=connections)
+        source = QemuNbdSource(volume.path, "qcow2", connections=connections, journal=journal)
     else:
         source = RawFileSource(volume.path)
     try:

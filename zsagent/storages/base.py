@@ -98,6 +98,7 @@ class Runtime:
         self._failure: Exception | None = None
         self._failed_at = 0.0
         self.unreachable: str | None = None  # why the last connect failed, in plain words; None: fine
+        self.on_connect = None  # called with the handle once connected (the daemon records its address)
 
     @property
     def cluster(self):
@@ -117,6 +118,8 @@ class Runtime:
                     self.unreachable = unreachable_message(self.ceph, e, timeout_s)
                     raise
                 self._failure, self.unreachable = None, None
+                if self.on_connect is not None:
+                    self.on_connect(self._cluster)
             return self._cluster
 
     def close(self) -> None:
