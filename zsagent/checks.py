@@ -18,7 +18,7 @@ def run_checks(config: Config) -> list[Finding]:
     findings = [(True, f"configuration {config.source} parses", "")]
     findings += _data_dir(config)
     findings += _sessions(config)
-    runtime = Runtime(config, connect_timeout_s=10)
+    runtime = Runtime(config, connect_timeout_s=min(10, config.ceph.client_mount_timeout))
     try:
         findings += list(_ceph(config, runtime))
         findings += list(_primary_file_roots(config))

@@ -19,7 +19,7 @@ from typing import Any
 from zsagent import cleanup, errors, faults
 from zsagent.admission import Admission
 from zsagent.catalog import Catalog, Volume
-from zsagent.ceph import open_backend
+from zsagent.ceph import health, open_backend
 from zsagent.ceph.snapshots import JOURNAL_KIND as SNAPSHOT_KIND
 from zsagent.config import BackupStorage, Config
 from zsagent.copy.errors import AllSinksFailed, CopyCancelled, CopyError
@@ -193,7 +193,10 @@ class TemplateService:
             job.phase = "failed"
             log.warning("job %s: image %s from volume %s failed: %s", job.uuid, image_uuid, volume.uuid, e,
                         extra=where)
-            self.clean_job(job.uuid)
+            if self.ceph is not None and health.timed_out(e):
+                self.janitor.wake()  # each removal would wait out the timeout again: in the background
+            else:
+                self.clean_job(job.uuid)
             raise
         finally:
             for dest in destinations:
@@ -252,17 +255,28 @@ class TemplateService:
         except AllSinksFailed as e:
             job.errors += [{"backupStorageUuid": _bs_of(destinations, err.sink), "error": str(err)}
                            for err in e.errors]
-            raise _all_failed(volume.uuid, [str(err) for err in e.errors]) from e
+            raise _all_failed(volume.uuid, [self._explained(err, str(err)) for err in e.errors]) from e
         except CopyError as e:
             raise errors.operation_failed(f"copying volume[uuid:{volume.uuid}] failed",
-                                          ErrorCode(errors.OPERATION_FAILURE, str(e))) from e
+                                          ErrorCode(errors.OPERATION_FAILURE, self._explained(e, str(e)))) from e
         except ZsError:
             raise
         except Exception as e:
             if self.ceph is not None and isinstance(e, (self.ceph.rbd.Error, self.ceph.rados.Error)):
                 raise errors.operation_failed(f"Ceph refused an operation on volume[uuid:{volume.uuid}]",
-                                              ErrorCode(errors.OPERATION_FAILURE, f"{type(e).__name__}: {e}")) from e
+                                              ErrorCode(errors.OPERATION_FAILURE,
+                                                        self._explained(e, f"{type(e).__name__}: {e}"))) from e
             raise
+
+    def _explained(self, error: BaseException, message: str) -> str:
+        """``message``, and when Ceph timed out, why (the cluster's own health checks)."""
+        if self.ceph is None or not health.timed_out(error):
+            return message
+        try:
+            cluster = self.runtime.cluster
+        except Exception:  # noqa: BLE001
+            cluster = None
+        return f"{message}: {health.explain_timeout(cluster, self.config.ceph.rados_osd_op_timeout)}"
 
     def _rbd_qemu_input(self, template: TemplateJob) -> tuple[str, str] | None:
         """How qemu-img reads the volume's snapshot (None on the fake backend, which qemu cannot read)."""

@@ -64,7 +64,10 @@ class CephBackend:
             conf = {"client_mount_timeout": str(timeout_s), "rados_osd_op_timeout": str(c.rados_osd_op_timeout),
                     "rados_mon_op_timeout": str(c.rados_mon_op_timeout),
                     # librbd's flatten with its default of 10 ops in flight alone takes ~240 MiB
-                    "rbd_concurrent_management_ops": "4"}
+                    "rbd_concurrent_management_ops": "4",
+                    # the only locks the agent breaks are its own stale ones (zsagent.ceph.images), and
+                    # blocklisting their owner would cut off the agent itself
+                    "rbd_blocklist_on_break_lock": "false"}
             if c.keyring:
                 conf["keyring"] = c.keyring
             cluster = self.rados.Rados(conffile=c.conf, rados_id=c.client, conf=conf)

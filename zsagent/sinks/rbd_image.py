@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 
 from zsagent import faults
+from zsagent.ceph.health import close_later, timed_out
 from zsagent.ceph.images import data_ranges
 from zsagent.copy.extents import Extent
 from zsagent.sinks.base import NO_JOURNAL, PART_SUFFIX, Journal, SinkResult
@@ -47,6 +48,7 @@ class _RbdPartImage:
         self._final_id: int | None = None
         self._published = False
         self._committed = False
+        self.timed_out = False  # an operation of this sink ended with a Ceph timeout
 
     def _claim_part(self) -> None:
         """The final name must be free; journal the .part before it is created."""
@@ -80,6 +82,12 @@ class _RbdPartImage:
 
     def abort(self) -> None:
         if self._committed:
+            return
+        if self.timed_out:  # Ceph does not answer: each removal would wait out the op timeout again
+            if self.image is not None:
+                close_later(self.image, self.part)
+                self.image = None
+            log.warning("%s: Ceph timed out; leaving %s to the background cleanup", self.description, self.part)
             return
         if self.image is not None:
             try:
@@ -131,7 +139,11 @@ class RbdImageSink(_RbdPartImage):
         self.image = self.rbd.Image(self.ioctx, self.part)
 
     def write(self, offset: int, data: bytes) -> None:
-        self.image.write(data, offset)
+        try:
+            self.image.write(data, offset)
+        except Exception as e:
+            self.timed_out = self.timed_out or timed_out(e)
+            raise
 
     def commit(self, content_md5: str | None = None) -> SinkResult:
         return self._publish()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zsagent.catalog import Volume
+from zsagent.ceph.health import close_later, timed_out
 from zsagent.ceph.snapshots import JOURNAL_KIND as SNAPSHOT_KIND
 from zsagent.ceph.snapshots import create_snapshot, release_snapshot
 from zsagent.sinks.base import Journal
@@ -86,14 +87,22 @@ def _rbd_snapshot(volume: Volume, journal: Journal, snapshot: str | None, ceph, 
         except BaseException:
             _release(rbd, ioctx, volume.image, snapshot, journal, entry)
             raise
+        failure: BaseException | None = None
         try:
             source = RbdSnapshotSource(rbd, ioctx, volume.image, snapshot, qemu_input=qemu_input)
             try:
                 yield source
+            except BaseException as e:
+                failure = e
+                raise
             finally:
-                source.close()
+                if timed_out(failure):
+                    close_later(source, f"{volume.pool}/{volume.image}@{snapshot}")
+                else:
+                    source.close()
         finally:
-            _release(rbd, ioctx, volume.image, snapshot, journal, entry)
+            if not timed_out(failure):  # after a Ceph timeout the snapshot is left to the background cleanup
+                _release(rbd, ioctx, volume.image, snapshot, journal, entry)
 
 
 def _release(rbd, ioctx, image: str, snapshot: str, journal: Journal, entry: int) -> None:
