@@ -269,14 +269,14 @@ class TemplateService:
             raise
 
     def _explained(self, error: BaseException, message: str) -> str:
-        """``message``, and when Ceph timed out, why (the cluster's own health checks)."""
-        if self.ceph is None or not health.timed_out(error):
+        """``message``, and when Ceph timed out or is full, why (the cluster's own health checks)."""
+        if self.ceph is None or not (health.timed_out(error) or health.out_of_space(error)):
             return message
         try:
             cluster = self.runtime.cluster
         except Exception:  # noqa: BLE001
             cluster = None
-        return f"{message}: {health.explain_timeout(cluster, self.config.ceph.rados_osd_op_timeout)}"
+        return f"{message}: {health.explain(error, cluster, self.config.ceph.rados_osd_op_timeout)}"
 
     def _rbd_qemu_input(self, template: TemplateJob) -> tuple[str, str] | None:
         """How qemu-img reads the volume's snapshot (None on the fake backend, which qemu cannot read)."""

@@ -10,16 +10,24 @@ import threading
 log = logging.getLogger(__name__)
 
 
-def timed_out(error: BaseException | None) -> bool:
-    """Whether ``error`` or what caused it is a Ceph (or OS) timeout: ETIMEDOUT, rados.TimedOut,
-    rbd.Timeout — what rados_osd_op_timeout / rados_mon_op_timeout end an operation with."""
+def _chain(error: BaseException | None):
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if getattr(error, "errno", None) == errno.ETIMEDOUT or type(error).__name__ in ("TimedOut", "Timeout"):
-            return True
+        yield error
         error = error.__cause__ or error.__context__
-    return False
+
+
+def timed_out(error: BaseException | None) -> bool:
+    """Whether ``error`` or what caused it is a Ceph (or OS) timeout: ETIMEDOUT, rados.TimedOut,
+    rbd.Timeout — what rados_osd_op_timeout / rados_mon_op_timeout end an operation with."""
+    return any(getattr(e, "errno", None) == errno.ETIMEDOUT or type(e).__name__ in ("TimedOut", "Timeout")
+               for e in _chain(error))
+
+
+def out_of_space(error: BaseException | None) -> bool:
+    """Whether ``error`` or what caused it says the pool or cluster is full (ENOSPC, EDQUOT)."""
+    return any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in _chain(error))
 
 
 def close_later(handle, what: str) -> None:
@@ -47,8 +55,14 @@ def cluster_problems(cluster) -> list[str]:
     return [f"{name}: {check.get('summary', {}).get('message', '')}" for name, check in sorted(checks.items())]
 
 
-def explain_timeout(cluster, osd_op_timeout_s: int) -> str:
-    """Why a Ceph operation timed out, for an ErrorCode's details."""
+def explain(error: BaseException, cluster, osd_op_timeout_s: int) -> str | None:
+    """Why a Ceph operation failed, for an ErrorCode's details: a timeout or a full pool, with the
+    cluster's own health checks; None for other errors."""
+    if timed_out(error):
+        what = f"Ceph did not answer within rados_osd_op_timeout={osd_op_timeout_s} s (an OSD down or a pool full?)"
+    elif out_of_space(error):
+        what = "the Ceph pool is full: nothing was kept of this template"
+    else:
+        return None
     problems = cluster_problems(cluster) if cluster is not None else []
-    said = f"; Ceph reports {'; '.join(problems)}" if problems else ""
-    return f"Ceph did not answer within rados_osd_op_timeout={osd_op_timeout_s} s (an OSD down or a pool full?){said}"
+    return what + (f"; Ceph reports {'; '.join(problems)}" if problems else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,6 +64,29 @@ def remove_image(backend, cluster, pool: str, image: str) -> None:
                 if not break_own_stale_lock(rbd, cluster, ioctx, image):
                     raise
                 rbd.RBD().remove(ioctx, image)
+            if image in rbd.RBD().list(ioctx):
+                # On a full pool librbd's remove fails (even as "not found": its metadata updates are
+                # writes) and the image's data keeps the pool full. Deleting its data objects frees the
+                # space (deletes pass a full pool); the remove is retried once the pool has room.
+                freed = free_data_objects(backend, ioctx, image)
+                raise OSError(errno.ENOSPC, f"{pool}/{image} cannot be removed while its pool is full; "
+                                            f"{freed} data objects deleted to make room, retried later")
+
+
+def free_data_objects(backend, ioctx, image: str) -> int:
+    """Delete every data object of ``image`` (its content becomes zeros; the image itself stays);
+    returns how many were there. Only for removing an image a full pool keeps."""
+    with backend.rbd.Image(ioctx, image, read_only=True) as opened:
+        info = opened.stat()
+    prefix, objects = info["block_name_prefix"], -(-info["size"] // info["obj_size"]) if info["obj_size"] else 0
+    deleted = 0
+    for number in range(objects):
+        try:
+            ioctx.remove_object(f"{prefix}.{number:016x}")
+            deleted += 1
+        except backend.rados.ObjectNotFound:
+            pass
+    return deleted
 
 
 def break_own_stale_lock(rbd, cluster, ioctx, image: str) -> bool:

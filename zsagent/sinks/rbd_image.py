@@ -112,12 +112,13 @@ class _RbdPartImage:
         """Remove ``image`` (gone already is fine); False when that failed (its entry stays journalled)."""
         try:
             self.rbd.RBD().remove(self.ioctx, image)
-        except self.rbd.ImageNotFound:
-            pass
+            # a full pool keeps the name listed (zsagent.ceph.images.remove_image): the journal retries
+            return image not in self.rbd.RBD().list(self.ioctx)
+        except self.rbd.ImageNotFound:  # a full pool answers so too: believe the pool's list
+            return image not in self.rbd.RBD().list(self.ioctx)
         except Exception:  # noqa: BLE001 - abort never raises; the journal retries later
             log.exception("removing %s/%s failed", self.pool, image)
             return False
-        return True
 
 
 class RbdImageSink(_RbdPartImage):
