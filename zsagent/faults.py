@@ -3,13 +3,13 @@
 Armed by the environment variable ``ZSAGENT_FAULT`` (off in production: unset, every point is one dict
 lookup; the systemd unit removes the variable with ``UnsetEnvironment=``):
 
-    ZSAGENT_FAULT=<point>[@<fraction>][:<action>][,<point>...]
+    ZSAGENT_FAULT=<point>[@<fraction>][:<action>][*<times>][,<point>...]
 
 actions: ``kill`` (the default: SIGKILL the whole process, as a crash or the OOM killer would), ``term``
 (SIGTERM to itself, then carry on: a stop request at that exact moment), ``stall`` (block this thread for
 good), ``error`` (raise FaultInjected, an OSError), ``sleep=<seconds>``. ``@<fraction>`` is for
 points that report progress (``copy-mid``): the fault fires once ``done >= fraction * total``
-(default 0.5). Each armed point fires once per process.
+(default 0.5). An armed point fires once per process, or ``*<times>`` times.
 
 Points (see POINTS) are placed by the code that owns each step; a new one is one ``hit()`` call and
 one line in POINTS.
@@ -36,7 +36,7 @@ POINTS = {
     "publish-after-rename": "a template has its final name, its .part entry not yet forgotten",
     "sftp-rename": "the SFTP RENAME of .part to the final name is on the wire, its answer not yet read",
     "record-before": "every template is published; the image record is not yet written",
-    "cleanup": "a journalled artifact is about to be removed (a failed job's or a restart's cleanup)",
+    "cleanup": "an artifact is about to be removed (a failing sink's abort, a job's or a restart's cleanup)",
     "reconcile": "the restarted agent is about to clean what the previous run left",
 }
 """Every point the agent has, and the moment it marks."""
@@ -52,13 +52,13 @@ class _Fault:
     action: str
     fraction: float = 0.5
     seconds: float = 0.0
-    fired: bool = False
+    times: int = 1
 
     def fire(self) -> None:
         with _lock:
-            if self.fired:
+            if self.times <= 0:
                 return
-            self.fired = True
+            self.times -= 1
         log.warning("fault hook: %s at %s", self.action, self.point)
         if self.action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -83,6 +83,7 @@ def parse(text: str | None) -> dict[str, _Fault]:
         item = item.strip()
         if not item:
             continue
+        item, _, times = item.partition("*")
         where, _, action = item.partition(":")
         point, _, fraction = where.partition("@")
         action, _, argument = (action or "kill").partition("=")
@@ -91,7 +92,7 @@ def parse(text: str | None) -> dict[str, _Fault]:
         if action not in ("kill", "term", "stall", "sleep", "error"):
             raise ValueError(f"{ENV}: unknown action {action!r} (kill, term, stall, sleep=<s>, error)")
         armed[point] = _Fault(point, action, float(fraction) if fraction else 0.5,
-                              float(argument) if argument else 0.0)
+                              float(argument) if argument else 0.0, int(times) if times else 1)
     return armed
 
 

@@ -127,8 +127,8 @@ class Janitor:
         with self._removing:
             if not any(a.id == artifact.id for a in self.store.artifacts(artifact.job_uuid)):
                 return True  # removed meanwhile by another attempt
-            faults.hit("cleanup")
             try:
+                faults.hit("cleanup")
                 cleanup.remove(artifact.kind, artifact.spec, self.runtime)
             except Exception as e:  # noqa: BLE001 - kept in the journal and retried
                 self._failed(artifact, e)

@@ -12,14 +12,18 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import uvicorn
 from agent_harness import ACCOUNT, SESSION, free_port
 from support import md5sum_file
 
+from zsagent.agent import build_agent
+from zsagent.config import load_config
 from zsagent.store import Store
 
 MiB = 1024 * 1024
@@ -224,6 +228,28 @@ class CrashSite:
             process = subprocess.Popen([*ZSAGENT, "serve", "--config", str(self.config)], env=env,
                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return Daemon(process, f"http://127.0.0.1:{self.port}", log, started)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @contextmanager
+    def in_process(self):
+        """The agent of this site in this process (for the fault hook armed with faults.arm)."""
+        agent = build_agent(load_config(self.config))
+        server = uvicorn.Server(uvicorn.Config(agent.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                               lifespan="off"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        try:
+            yield agent
+        finally:
+            agent.jobs.wait_all(60)
+            server.should_exit = True
+            thread.join(10)
+            agent.close()
 
     def create(self, case: Case, job: str | None = None, timeout_s: float = 180) -> httpx.Response:
         """The create call; with ``job`` asynchronous (X-Job-UUID and this site's web hook)."""

@@ -9,10 +9,14 @@ qemu-nbd, no journal entry.
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 
+import httpx
 import pytest
-from crash_site import CrashSite, figure
+from crash_site import ZSAGENT, CrashSite, figure
+
+from zsagent import faults
 
 pytestmark = [pytest.mark.ceph, pytest.mark.sftp]
 
@@ -115,3 +119,32 @@ def test_sigterm_mid_copy_drains_the_copy_to_its_end(crash_site):
     assert body["inventory"]["md5Sum"] == site.template_md5(case, path) == case.content_md5
     assert site.leftovers(case, published=path) == []
     assert site.journal() == []
+
+
+def test_a_failed_cleanup_is_retried_in_the_background_and_shown_meanwhile(crash_site):
+    """The copy fails and the first removal of what it made fails too: the entry stays journalled, with
+    its error, in `zsagent check` and the metrics, and the agent removes it by itself after a backoff; a
+    retry with the same resourceUuid then succeeds."""
+    site = crash_site
+    case = site.case("ceph-copy")
+    faults.arm("copy-mid:error,cleanup:error*2")  # the sink's own removal, then the job's cleanup
+    try:
+        with site.in_process() as agent:
+            agent.service.janitor.first_backoff_s = 3  # time to look at it before it is retried
+            failed = site.create(case)
+            assert failed.status_code != 200
+            pending = site.journal()
+            assert len(pending) == 1 and pending[0].attempts == 1 and "fault injected" in pending[0].last_error
+            check = subprocess.run([*ZSAGENT, "check", "--config", str(site.config)], capture_output=True,
+                                   text=True, timeout=120)
+            assert f"job {pending[0].job_uuid} left ceph" in check.stdout and "1 removals failed" in check.stdout
+            metrics = httpx.get(f"{site.url}/metrics").text
+            assert "zsagent_cleanup_pending 1.0" in metrics and "zsagent_cleanup_failures_total 1.0" in metrics
+            assert site.wait_no_leftovers(case, timeout_s=30) == []  # by itself, after the backoff
+            assert site.journal() == []
+            assert "zsagent_cleanup_pending 0.0" in httpx.get(f"{site.url}/metrics").text
+            retry = site.create(case)
+            assert retry.status_code == 200, retry.text
+            assert retry.json()["inventory"]["md5Sum"] == site.export_md5(site.dst_pool, case.image) == case.content_md5
+    finally:
+        faults.arm(None)

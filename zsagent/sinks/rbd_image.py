@@ -111,6 +111,7 @@ class _RbdPartImage:
     def _remove(self, image: str) -> bool:
         """Remove ``image`` (gone already is fine); False when that failed (its entry stays journalled)."""
         try:
+            faults.hit("cleanup")
             self.rbd.RBD().remove(self.ioctx, image)
             # a full pool keeps the name listed (zsagent.ceph.images.remove_image): the journal retries
             return image not in self.rbd.RBD().list(self.ioctx)
