@@ -173,7 +173,8 @@ class CrashSite:
                  "path": self.remote_base, "format": "raw"}],
         }))
         self.hook = WebHook()
-        self._nbd_dirs_before = set(glob.glob("/tmp/zsagent-nbd-*"))
+        self.tmpdir = tmp / "tmp"  # the agent's TMPDIR (qemu-nbd sockets): other tests' never count
+        self.tmpdir.mkdir()
         import rados
         import rbd
 
@@ -194,22 +195,27 @@ class CrashSite:
 
     def case(self, kind: str, size: int = 4 * MiB) -> Case:
         """A fresh volume for ``kind`` with random data in every other MiB (holes between)."""
-        data = bytearray(size)
-        for offset in range(0, size, 2 * MiB):
-            data[offset:offset + MiB] = os.urandom(min(MiB, size - offset))
         raw = self.tmp / f"content-{uuid.uuid4().hex[:8]}.raw"
-        raw.write_bytes(bytes(data))
-        md5 = md5sum_file(raw)
         vol = uuid.uuid4().hex
+        image = None
+        if kind != "file-file":
+            self.rbd.RBD().create(self.src, vol, size, old_format=False)
+            image = self.rbd.Image(self.src, vol)
+        with open(raw, "wb") as f:
+            f.truncate(size)
+            for offset in range(0, size, 2 * MiB):
+                block = os.urandom(min(MiB, size - offset))
+                f.seek(offset)
+                f.write(block)
+                if image is not None:
+                    image.write(block, offset)
+        if image is not None:
+            image.close()
+        md5 = md5sum_file(raw)
         if kind == "file-file":
             path = self.ps_root / "dataVolumes" / f"acct-{ACCOUNT}" / f"vol-{vol}" / f"{vol}.qcow2"
             path.parent.mkdir(parents=True)
             subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(path)], check=True)
-        else:
-            self.rbd.RBD().create(self.src, vol, size, old_format=False)
-            with self.rbd.Image(self.src, vol) as image:
-                for offset in range(0, size, 2 * MiB):
-                    image.write(bytes(data[offset:offset + MiB]), offset)
         raw.unlink()
         bs = {"ceph-copy": self.ceph_bs, "ceph-clone": self.ceph_bs, "ceph-file": self.file_bs,
               "ceph-sftp": self.sftp_bs, "file-file": self.file_bs}[kind]
@@ -219,7 +225,7 @@ class CrashSite:
     # -- the agent ----------------------------------------------------------------------------------
 
     def start(self, fault: str | None = None, name: str = "agent") -> Daemon:
-        env = {k: v for k, v in os.environ.items() if k != "ZSAGENT_FAULT"}
+        env = {k: v for k, v in os.environ.items() if k != "ZSAGENT_FAULT"} | {"TMPDIR": str(self.tmpdir)}
         if fault:
             env["ZSAGENT_FAULT"] = fault
         log = self.tmp / f"{name}.log"
@@ -260,6 +266,14 @@ class CrashSite:
                 "systemTags": case.system_tags}
         return httpx.post(f"http://127.0.0.1:{self.port}/zstack/v1/images/data-volume-templates/from/volumes/"
                           f"{case.volume}", json=body, headers=headers, timeout=timeout_s)
+
+    def delete(self, image: str) -> httpx.Response:
+        return httpx.delete(f"{self.url}/zstack/v1/images/{image}", headers={"Authorization": f"OAuth {SESSION}"},
+                            timeout=120)
+
+    def remove_volume(self, case: Case) -> None:
+        if case.kind != "file-file":
+            self.rbd.RBD().remove(self.src, case.volume)
 
     def poll(self, job: str) -> httpx.Response:
         return httpx.get(f"http://127.0.0.1:{self.port}/zstack/v1/api-jobs/{job}", timeout=30)
@@ -314,7 +328,7 @@ class CrashSite:
             found += [str(p) for p in self.spool.iterdir()]
         remote = self._remote("find", self.remote_base, "-type", "f").split()
         found += [f"sftp:{p}" for p in remote if p != published]
-        found += sorted(set(glob.glob("/tmp/zsagent-nbd-*")) - self._nbd_dirs_before)
+        found += sorted(glob.glob(str(self.tmpdir / "*")))
         pgrep = subprocess.run(["pgrep", "-af", "qemu-nbd"], capture_output=True, text=True).stdout
         found += [f"process: {line}" for line in pgrep.splitlines() if case.volume in line]
         return found

@@ -19,6 +19,7 @@ from crash_site import ZSAGENT, CrashSite, figure
 from zsagent import faults
 
 pytestmark = [pytest.mark.ceph, pytest.mark.sftp]
+MiB = 1024 * 1024
 
 KINDS = ["ceph-copy", "ceph-clone", "ceph-file", "ceph-sftp", "file-file"]
 POINTS = ["snapshot-taken", "copy-first-chunk", "copy-mid", "publish-before-rename", "publish-after-rename",
@@ -35,8 +36,8 @@ FIRST_ANSWER_BOUND_S = 10
 silent for 20-28 s while Ceph held the dead process' watch."""
 
 
-def crash_then_retry(site: CrashSite, kind: str, point: str) -> None:
-    case = site.case(kind)
+def crash_then_retry(site: CrashSite, kind: str, point: str, size: int = 4 * MiB) -> None:
+    case = site.case(kind, size)
     job = uuid.uuid4().hex
     crashing = site.start(fault=f"{point}:kill", name=f"crash-{point}")
     crashing.wait_serving()
@@ -61,15 +62,28 @@ def crash_then_retry(site: CrashSite, kind: str, point: str) -> None:
         path = inventory["backupStorageRefs"][0]["installPath"]
         assert inventory["md5Sum"] == site.template_md5(case, path) == case.content_md5
         assert site.wait_no_leftovers(case, published=path) == []
+        if size > 64 * MiB:  # the shared test cluster keeps its objects in memory
+            assert site.delete(case.image).status_code == 200
+            site.remove_volume(case)
     finally:
         assert restarted.stop() == 0
     assert site.journal() == []
-    figure("kill points survived", f"{kind}@{point}")
+    figure("kill points survived" + (f" ({size // MiB} MiB volumes)" if size > 64 * MiB else ""),
+           f"{kind}@{point}")
 
 
 @pytest.mark.parametrize(("kind", "point"), CASES)
 def test_kill_at_each_step_then_restart_leaves_nothing_and_the_retry_succeeds(crash_site, kind, point):
     crash_then_retry(crash_site, kind, point)
+
+
+LARGE_CASES = [(kind, point) for kind in ("ceph-copy", "ceph-file", "ceph-sftp") for point in POINTS[1:]]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(("kind", "point"), LARGE_CASES, ids=[f"{k}-{p}-1GiB" for k, p in LARGE_CASES])
+def test_kill_at_each_step_of_a_1_gib_copy(crash_site, kind, point):
+    crash_then_retry(crash_site, kind, point, size=1024 * MiB)
 
 
 def test_a_second_crash_during_the_cleanup_then_the_retry_cleans_and_succeeds(crash_site):
