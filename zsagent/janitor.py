@@ -81,7 +81,8 @@ class Janitor:
                 left = [0.0]
             if not left:
                 self.idle.set()
-            wait = min(left, default=self.max_backoff_s) - time.monotonic()
+            # nothing pending: look again now and then (a job of another process may have left some)
+            wait = min(left) - time.monotonic() if left else self.max_backoff_s
             self._wake.wait(max(0.05, min(wait, self.max_backoff_s)))
 
     # -- one pass ---------------------------------------------------------------------------------

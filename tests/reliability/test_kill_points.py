@@ -66,7 +66,7 @@ def crash_then_retry(site: CrashSite, kind: str, point: str, size: int = 4 * MiB
             assert site.delete(case.image).status_code == 200
             site.remove_volume(case)
     finally:
-        assert restarted.stop() == 0
+        assert restarted.stop() == 0, restarted.log.read_text()[-4000:]
     assert site.journal() == []
     figure("kill points survived" + (f" ({size // MiB} MiB volumes)" if size > 64 * MiB else ""),
            f"{kind}@{point}")
