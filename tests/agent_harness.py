@@ -47,10 +47,11 @@ class RunningAgent:
     def delete(self, path: str) -> httpx.Response:
         return self.client.delete(path, headers={"Authorization": f"OAuth {SESSION}"})
 
-    def wait_job(self, location: str, timeout_s: float = 120) -> httpx.Response:
+    def wait_job(self, location: str, timeout_s: float = 120, session: str = SESSION) -> httpx.Response:
+        """Poll as ZStack's SDK does: with the session that started the job."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            answer = self.client.get(location)
+            answer = self.client.get(location, headers={"Authorization": f"OAuth {session}"})
             if answer.status_code != 202:
                 return answer
             time.sleep(0.05)
@@ -60,8 +61,10 @@ class RunningAgent:
 def write_config(tmp: Path, ceph: dict, primary: list[dict], backup: list[dict], **agent) -> dict:
     sessions = tmp / "sessions"
     sessions.write_text(f"# test sessions\n{SESSION} {ACCOUNT}\n")
+    # The suite's RBD volumes carry no owner (ZStack writes none): every account may use them here;
+    # tests/integration/test_api_accounts.py checks the default, "deny".
     return {"agent": {"data_dir": str(tmp / "data"), "max_jobs": 2, **agent},
-            "auth": {"sessions_file": str(sessions)}, "ceph": ceph,
+            "auth": {"sessions_file": str(sessions), "unknown_volume_owner": "allow"}, "ceph": ceph,
             "pipeline": {"chunk_bytes": 256 * 1024, "depth": 4},
             "primary_storage": primary, "backup_storage": backup}
 
@@ -90,10 +93,11 @@ def running_agent(raw_config: dict, cleaned: bool = True):
         agent.close()
 
 
-def file_volume(root: Path, kind: str = "dataVolumes", fmt: str = "raw", size: int = 8 << 20) -> tuple[str, Path]:
-    """A volume in ZStack's file layout with some data; returns (uuid, path)."""
+def file_volume(root: Path, kind: str = "dataVolumes", fmt: str = "raw", size: int = 8 << 20,
+                account: str = ACCOUNT) -> tuple[str, Path]:
+    """A volume of ``account`` in ZStack's file layout with some data; returns (uuid, path)."""
     vol = uuid.uuid4().hex
-    path = root / kind / f"acct-{ACCOUNT}" / f"vol-{vol}" / f"{vol}.{fmt}"
+    path = root / kind / f"acct-{account}" / f"vol-{vol}" / f"{vol}.{fmt}"
     path.parent.mkdir(parents=True)
     with open(path, "wb") as f:
         f.truncate(size)

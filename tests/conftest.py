@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from support import unavailable
 
+pytest_plugins = ["secret_scan"]  # no secret of the run in the agent's logs, answers, store or files
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO_ROOT / "scripts"
 UP_TIMEOUT = 180  # seconds for a script's `up`; ceph-cluster itself gives up after 120

@@ -15,6 +15,16 @@ import pytest
 from zsagent.copy.extents import Extent, Kind, coalesce
 from zsagent.sinks.base import SinkResult
 
+KNOWN_SECRETS: set[str] = set()
+"""Secrets a test uses that no file under the run's directory names (tests/secret_scan.py looks for
+them in everything the agent wrote or said during the run)."""
+
+
+def register_secret(value: str) -> str:
+    """Have the end-of-run scan look for ``value`` (a session id, a key, a password); returns it."""
+    KNOWN_SECRETS.add(value)
+    return value
+
 
 def unavailable(reason: str):
     """A needed service cannot be had: fail under CI=true (never skip there), skip elsewhere."""

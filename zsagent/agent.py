@@ -13,8 +13,9 @@ from zsagent.auth import AccessKeysFile, Authenticator, ManagementNodeSessions, 
 from zsagent.ceph import fencing
 from zsagent.config import Config
 from zsagent.copy import md5
+from zsagent.filemodes import private_dir
 from zsagent.jobs import JobManager
-from zsagent.service import ADMIN_ACCOUNT_UUID, TemplateService
+from zsagent.service import TemplateService
 from zsagent.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Agent:
 def sessions_for(config: Config) -> Authenticator:
     """Who may call: sessions (a file, or a management node) and access keys (a file), per [auth]."""
     if config.auth.zstack_url:
-        sessions = ManagementNodeSessions(config.auth.zstack_url, ADMIN_ACCOUNT_UUID, config.auth.session_cache_s)
+        sessions = ManagementNodeSessions(config.auth.zstack_url, config.auth.session_cache_s)
     else:
         sessions = SessionsFile(config.auth.sessions_file or "/etc/zsagent/sessions")
     access_keys = AccessKeysFile(config.auth.access_keys_file) if config.auth.access_keys_file else None
@@ -69,7 +70,7 @@ def _fence_the_last_run(service: TemplateService, data_dir: str) -> None:
 def build_agent(config: Config) -> Agent:
     """Open the store, fail the jobs a previous run left unfinished (telling their web hooks), start
     removing what they left in the background, and build the app: it serves at once."""
-    os.makedirs(config.agent.data_dir, exist_ok=True)
+    private_dir(config.agent.data_dir)
     md5.choose(config.agent.data_dir)  # measured once per CPU and library version, before the first copy
     store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
     service = TemplateService(config, store)

@@ -30,6 +30,7 @@ import httpx
 
 from zsagent import errors
 from zsagent.errors import RestRefusal, ZsError
+from zsagent.ownership import ADMIN_ACCOUNT_UUID
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +115,24 @@ class AccessKeysFile(_WatchedFile):
 
 
 class ManagementNodeSessions:
-    """Asks a ZStack management node (``GET /zstack/v1/accounts/sessions/{uuid}/valid``); answers are
-    cached for ``cache_s``. The account is the one given as ``account_uuid``."""
+    """Asks a ZStack management node who a session is; answers are cached for ``cache_s``.
 
-    def __init__(self, url: str, account_uuid: str, cache_s: int = 30, timeout_s: float = 10) -> None:
+    ZStack's open REST API has no call that names a session's account, so it is found in three asks, each
+    with the caller's own session (zstackio/zstack at 5a29293bd5):
+    1. ``GET /zstack/v1/accounts/sessions/{uuid}/valid`` (header/.../identity/APIValidateSessionMsg.java
+       l.15; the reply's ``valid``, APIValidateSessionReply.java l.12);
+    2. ``GET /zstack/v1/management-nodes`` (APIQueryManagementNodeMsg.java l.15-16), an admin-only API
+       (header/.../managementnode/RBACInfo.java l.12): answered 200, the session is the admin's;
+    3. else ``GET /zstack/v1/accounts`` (APIQueryAccountMsg.java l.15-20): when it names exactly one
+       account and that is not the admin, the session is that account's. Anything else cannot be told
+       apart and is refused (ID.1002): a normal account is never taken for the admin.
+    """
+
+    def __init__(self, url: str, cache_s: int = 30, timeout_s: float = 10) -> None:
         self.url = url.rstrip("/")
-        self.account_uuid = account_uuid
         self.cache_s = cache_s
         self.timeout_s = timeout_s
-        self._cache: dict[str, tuple[float, bool]] = {}
+        self._cache: dict[str, tuple[float, str | None]] = {}
         self._lock = threading.Lock()
 
     def account_of(self, session_uuid: str) -> str:
@@ -131,18 +141,38 @@ class ManagementNodeSessions:
             cached = self._cache.get(session_uuid)
         if cached is None or now - cached[0] > self.cache_s:
             try:
-                answer = httpx.get(f"{self.url}/zstack/v1/accounts/sessions/{session_uuid}/valid",
-                                   timeout=self.timeout_s)
-                valid = answer.status_code == 200 and bool(answer.json().get("valid"))
-            except (httpx.HTTPError, ValueError) as e:
+                account = self._ask(session_uuid)
+            except (httpx.HTTPError, ValueError, AttributeError, TypeError) as e:
                 raise ZsError(errors.INTERNAL_ERROR, f"cannot ask the management node about the session: "
                                                      f"{type(e).__name__}") from None
             with self._lock:
-                self._cache[session_uuid] = (now, valid)
-            cached = (now, valid)
-        if not cached[1]:
+                self._cache[session_uuid] = (now, account)
+            cached = (now, account)
+        if cached[1] is None:
             raise ZsError(errors.INVALID_SESSION, "the session is invalid or expired")
-        return self.account_uuid
+        if cached[1] == "":
+            raise ZsError(errors.PERMISSION_DENIED, "the management node does not say which account this session "
+                                                    "belongs to; use an access key or a sessions file entry")
+        return cached[1]
+
+    def _get(self, path: str, session_uuid: str) -> httpx.Response:
+        return httpx.get(f"{self.url}/zstack/v1{path}", timeout=self.timeout_s,
+                         headers={"Authorization": f"OAuth {session_uuid}"})
+
+    def _ask(self, session_uuid: str) -> str | None:
+        """The account uuid, None for a session that is not valid, "" when the account cannot be told."""
+        valid = self._get(f"/accounts/sessions/{session_uuid}/valid", session_uuid)
+        if valid.status_code != 200 or not valid.json().get("valid"):
+            return None
+        if self._get("/management-nodes", session_uuid).status_code == 200:
+            return ADMIN_ACCOUNT_UUID
+        accounts = self._get("/accounts", session_uuid)
+        found = accounts.json().get("inventories") if accounts.status_code == 200 else None
+        if isinstance(found, list) and len(found) == 1 and isinstance(found[0], dict):
+            account = found[0].get("uuid")
+            if isinstance(account, str) and account and account != ADMIN_ACCOUNT_UUID:
+                return account
+        return ""
 
 
 # --- access key signatures -------------------------------------------------------------------------
@@ -269,6 +299,10 @@ class Credentials:
     session_uuid: str | None = None
     account_uuid: str | None = None
 
+    def __repr__(self) -> str:  # the session is a secret: never in a traceback or a log line
+        session = "<hidden>" if self.session_uuid else None
+        return f"Credentials(session_uuid={session}, account_uuid={self.account_uuid!r})"
+
 
 class Authenticator:
     """The API's one entry point for "who is calling".
@@ -290,6 +324,15 @@ class Authenticator:
 
     def authenticate(self, method: str, path: str, headers: Mapping[str, str]) -> str:
         return self.account_of(self.credentials(method, path, headers))
+
+    def caller_or_none(self, method: str, path: str, headers: Mapping[str, str]) -> str | None:
+        """The account the request's credentials name, or None when it has none that check out (no
+        header, ``OAuth null`` as ZStack's SDK polls with, an unknown session, a bad signature): for the
+        calls ZStack answers without credentials (job polls), which then show only what anyone may see."""
+        try:
+            return self.authenticate(method, path, headers)
+        except (RestRefusal, ZsError):
+            return None
 
     def account_of(self, credentials: Credentials) -> str:
         if credentials.account_uuid is not None:

@@ -17,6 +17,9 @@ QCOW2_MAGIC = b"QFI\xfb"
 # Inventory fields a volume may carry in its metadata (RBD image metadata / file user xattrs).
 METADATA_KEYS = {"platform": "zstack.platform", "architecture": "zstack.architecture",
                  "guestOsType": "zstack.guestOsType"}
+# The owning account of an RBD volume, in its image metadata (zsagent.volume_owner); a file volume's is in
+# its path.
+ACCOUNT_METADATA_KEY = "zstack.accountUuid"
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,8 @@ class Volume:
 
     kind: "ceph" (``pool`` + ``image``; ``order``: log2 of its object size) or "file" (``path`` +
     ``format``: qcow2 | raw). size: virtual bytes. metadata: inventory fields recorded on the volume
-    (see METADATA_KEYS).
+    (see METADATA_KEYS). account_uuid: the owning account, when the volume tells (a file volume's path, an
+    RBD image's ACCOUNT_METADATA_KEY); None: not known.
     """
 
     uuid: str
@@ -104,14 +108,16 @@ class Catalog:
                         size = image.size()
                         order = image.stat()["order"]
                         metadata = {}
-                        for field_name, key in METADATA_KEYS.items():
+                        for field_name, key in (*METADATA_KEYS.items(), ("accountUuid", ACCOUNT_METADATA_KEY)):
                             try:
                                 metadata[field_name] = image.metadata_get(key)
                             except KeyError:
                                 pass
                 except rbd.ImageNotFound:
                     continue
-            return Volume(uuid, ps, "ceph", size, pool=pool, image=uuid, metadata=metadata, order=order)
+            account = metadata.pop("accountUuid", None)
+            return Volume(uuid, ps, "ceph", size, pool=pool, image=uuid, metadata=metadata, order=order,
+                          account_uuid=account)
         return None
 
     def _find_in_files(self, ps: PrimaryStorage, uuid: str) -> Volume | None:

@@ -1,15 +1,19 @@
 """`zsagent check`: is everything the configuration names there and usable? Each finding says what
-was checked and, for a problem, how to fix it."""
+was checked and, for a problem, how to fix it; a finding that is ok but still has a fix is a warning
+(printed, not counted as a problem)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 
 from zsagent.ceph import open_backend
 from zsagent.config import Config
 from zsagent.copy import md5_choice
+from zsagent.filemodes import private_dir
 from zsagent.storages import KINDS, Finding, Runtime
 from zsagent.storages.filesystem import writable_dir
 
@@ -17,6 +21,7 @@ from zsagent.storages.filesystem import writable_dir
 def run_checks(config: Config) -> list[Finding]:
     findings = [(True, f"configuration {config.source} parses", "")]
     findings += _data_dir(config)
+    findings += _listener(config)
     findings += _sessions(config)
     runtime = Runtime(config, connect_timeout_s=min(10, config.ceph.client_mount_timeout))
     try:
@@ -33,10 +38,55 @@ def run_checks(config: Config) -> list[Finding]:
 
 def _data_dir(config: Config) -> list[Finding]:
     path = config.agent.data_dir
-    if writable_dir(path, create=True):
-        return [(True, f"data_dir {path} is writable", "")]
+    try:
+        private_dir(path)
+    except OSError:
+        pass  # said below
+    if writable_dir(path):
+        found = [(True, f"data_dir {path} is writable", "")]
+        if os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            found.append((True, f"data_dir {path} can be entered by other users (it holds the job records)",
+                          f"chmod 700 {path}"))
+        return found
     return [(False, f"data_dir {path} cannot be created or written",
-             f"create it and let the agent's user write it: install -d -m 0750 {path}")]
+             f"create it and let the agent's user write it: install -d -m 0700 {path}")]
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` (an address or name from ``agent.listen``) only reaches this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listener(config: Config) -> list[Finding]:
+    """HTTPS when asked for (the files readable, the key not readable by others); a warning for plain
+    HTTP on an address other machines reach: sessions and access-key requests would cross the network
+    in clear."""
+    from zsagent.daemon import parse_listen
+
+    agent = config.agent
+    host, _ = parse_listen(agent.listen)
+    if agent.tls:
+        found: list[Finding] = []
+        for what, path in (("tls_cert_file", agent.tls_cert_file), ("tls_key_file", agent.tls_key_file)):
+            if not os.access(path, os.R_OK):
+                found.append((False, f"agent.{what} {path} cannot be read",
+                              "point it at a PEM file the agent's user can read"))
+        if not found:
+            found.append((True, f"the API is served over HTTPS on {agent.listen}", ""))
+            if os.stat(agent.tls_key_file).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                found.append((True, f"agent.tls_key_file {agent.tls_key_file} can be read by other users",
+                              f"chmod 600 {agent.tls_key_file}"))
+        return found
+    if is_loopback(host):
+        return [(True, f"the API listens on {agent.listen} (this host only, plain HTTP)", "")]
+    return [(True, f"the API listens on {agent.listen} over plain HTTP: other machines reach it, and sessions "
+                   "and access-key requests cross the network unencrypted",
+             "set agent.tls_cert_file and agent.tls_key_file, or listen on 127.0.0.1 behind a TLS proxy")]
 
 
 def _sessions(config: Config) -> list[Finding]:

@@ -37,9 +37,11 @@ def load_or_exit(path: str) -> Config:
 
 def open_service(config: Config):
     from zsagent.copy import md5
+    from zsagent.filemodes import private_dir
     from zsagent.service import TemplateService
     from zsagent.store import Store
 
+    private_dir(config.agent.data_dir)
     md5.choose(config.agent.data_dir)  # the cached choice the daemon uses (measured if none yet)
     store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
     return TemplateService(config, store)
@@ -100,11 +102,14 @@ def serve(config_path: str, log_format: str) -> None:
 @click.option("--compression", type=click.Choice(["zstd", "zlib", "none"]), default=None,
               help="Compressed qcow2 on filesystem/SFTP backup storage (made by qemu-img).")
 @click.option("--resource-uuid", default=None, help="The new image's uuid (default: a random one).")
+@click.option("--account", "account_uuid", default=None, metavar="ACCOUNT_UUID",
+              help="Make it as this account, which must own the volume and will own the image "
+                   "(default: the admin account, which may use every volume).")
 @click.option("--json", "as_json", is_flag=True, help="Print the ImageInventory as JSON on stdout.")
 @config_option
 def copy(volume_uuid: str, backup_storages: tuple[str, ...], name: str | None, description: str | None,
          mode: str | None, image_format: str | None, compression: str | None, resource_uuid: str | None,
-         as_json: bool, config_path: str) -> None:
+         account_uuid: str | None, as_json: bool, config_path: str) -> None:
     """Make a template of VOLUME_UUID now, the way the HTTP call does, with live progress.
 
     Ctrl-C cancels cleanly: nothing is left on any storage, and the exit code is 130.
@@ -141,7 +146,7 @@ def copy(volume_uuid: str, backup_storages: tuple[str, ...], name: str | None, d
 
     def work() -> None:
         try:
-            outcome["inventory"] = service.create_template(request, ADMIN_ACCOUNT_UUID, job)
+            outcome["inventory"] = service.create_template(request, account_uuid or ADMIN_ACCOUNT_UUID, job)
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             outcome["error"] = e
         finally:
@@ -224,16 +229,18 @@ def images() -> None:
 
 @images.command("list")
 @config_option
+@click.option("--account", "account_uuid", default=None, metavar="ACCOUNT_UUID",
+              help="Only what this account sees (its own images; all of them for the admin account).")
 @click.option("--json", "as_json", is_flag=True, help="The ImageInventories as JSON.")
-def images_list(config_path: str, as_json: bool) -> None:
-    """List the templates.
+def images_list(config_path: str, account_uuid: str | None, as_json: bool) -> None:
+    """List the templates (all of them: the operator's view, unless --account).
 
     \b
     Example:
       zsagent images list --json
     """
     service = open_service(load_or_exit(config_path))
-    inventories = service.list_images()
+    inventories = service.list_images(account_uuid)
     if as_json:
         click.echo(json.dumps(inventories, indent=2))
         return
@@ -323,7 +330,9 @@ def check(config_path: str) -> None:
         sys.exit(EXIT_FAILED)
     problems = 0
     for ok, what, fix in run_checks(config):
-        if ok:
+        if ok and fix:
+            click.echo(f"warning: {what}\n  fix: {fix}")
+        elif ok:
             click.echo(f"ok: {what}")
         else:
             problems += 1

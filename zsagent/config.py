@@ -32,7 +32,8 @@ class AgentSettings:
     spool_dir: where qemu-img converts templates bound for SFTP before they are uploaded (empty:
     ``<data_dir>/spool``); it needs room for the largest such template; cleanup_wait_s: how long a new
     request waits for what an earlier attempt on its volume left to be removed (e.g. while Ceph still
-    holds a crashed agent's watch on an image, up to 30 s) before it fails."""
+    holds a crashed agent's watch on an image, up to 30 s) before it fails. tls_cert_file / tls_key_file:
+    PEM files; both set: the API is served over HTTPS (one without the other is a configuration error)."""
 
     listen: str = "127.0.0.1:7762"
     data_dir: str = "/var/lib/zsagent"
@@ -41,6 +42,17 @@ class AgentSettings:
     drain_s: int = 60
     spool_dir: str = ""
     cleanup_wait_s: int = 90
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
+            raise ValueError(f"{missing}: required when the other of tls_cert_file / tls_key_file is set")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
     @property
     def spool_path(self) -> str:
@@ -53,13 +65,16 @@ class AuthSettings:
     instead; session_cache_s: how long a management node's answer is trusted; access_keys_file:
     "<AccessKeyId> <secret> <accountUuid>" per line for ``Authorization: ZStack <id>:<signature>`` (None:
     no access keys); check_time_zone: compare an access key request's Date with its zone (ZStack's
-    ``rest.checkTimeZone``; false compares wall clocks, as ZStack does by default)."""
+    ``rest.checkTimeZone``; false compares wall clocks, as ZStack does by default);
+    unknown_volume_owner: who may use a volume whose owner the agent cannot tell (zsagent.volume_owner):
+    "deny" only the admin account, "allow" every account."""
 
     sessions_file: str | None = "/etc/zsagent/sessions"
     zstack_url: str | None = None
     session_cache_s: int = 30
     access_keys_file: str | None = None
     check_time_zone: bool = False
+    unknown_volume_owner: str = "deny"
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,7 @@ class Config:
 _CHOICES = {
     ("primary_storage", "type"): ("ceph", "filesystem"),
     ("ceph", "backend"): ("rados", "fake"),
+    ("auth", "unknown_volume_owner"): ("deny", "allow"),
 }
 
 _REQUIRED = {

@@ -15,6 +15,7 @@ import threading
 import uvicorn
 
 from zsagent.agent import build_agent
+from zsagent.checks import is_loopback
 from zsagent.config import Config
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,13 @@ def sd_notify(state: str) -> bool:
 def parse_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def tls_options(config: Config) -> dict[str, str]:
+    """uvicorn's HTTPS settings when ``agent.tls_cert_file`` and ``tls_key_file`` are set, else none."""
+    if not config.agent.tls:
+        return {}
+    return {"ssl_certfile": config.agent.tls_cert_file, "ssl_keyfile": config.agent.tls_key_file}
 
 
 class _Server(uvicorn.Server):
@@ -75,14 +83,20 @@ def serve(config: Config) -> int:
                         ", ".join(cancelled))
 
     server = _Server(uvicorn.Config(agent.app, host=host, port=port, log_config=None, lifespan="off",
-                                    access_log=False, timeout_graceful_shutdown=5), on_stop)
+                                    access_log=False, timeout_graceful_shutdown=5,
+                                    **tls_options(config)), on_stop)
 
     def notify_when_ready() -> None:
         while not server.started and not server.should_exit:
             threading.Event().wait(0.02)
         if server.started:
-            sd_notify("READY=1\nSTATUS=serving on " + config.agent.listen)
-            log.info("serving on %s", config.agent.listen)
+            scheme = "https" if config.agent.tls else "http"
+            sd_notify(f"READY=1\nSTATUS=serving on {scheme}://{config.agent.listen}")
+            log.info("serving on %s://%s", scheme, config.agent.listen)
+            if scheme == "http" and not is_loopback(host):
+                log.warning("the API is plain HTTP on %s, which other machines reach: sessions and access-key "
+                            "requests cross the network unencrypted (set agent.tls_cert_file/tls_key_file)",
+                            config.agent.listen)
 
     threading.Thread(target=notify_when_ready, name="sd-notify", daemon=True).start()
     try:

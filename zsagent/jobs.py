@@ -26,6 +26,7 @@ import httpx
 from zsagent import errors
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.metrics import Metrics
+from zsagent.ownership import may_access, may_read_job
 from zsagent.store import JobRecord, Store
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class Job:
     body: dict[str, Any] | None = None
     finished_epoch: float | None = None
     on_state: Callable[[JobState], None] | None = field(default=None, repr=False)
+    account_uuid: str | None = None
+    readable_by_uuid: bool = False
 
     def set_state(self, state: JobState) -> None:
         self.state = state
@@ -113,6 +116,9 @@ def post_webhook(url: str, job_uuid: str, success: bool, body: dict[str, Any], a
         time.sleep(backoff_s * 2 ** attempt)
     return False
 
+ANYONE = object()
+"""For JobManager.view/cancel: the agent itself asks, no account check."""
+
 
 Work = Callable[[Job], dict[str, Any]]
 """Does the job and returns the answer's fields (e.g. ``{"inventory": ...}``), or raises ZsError."""
@@ -132,6 +138,12 @@ class JobView:
     success: bool
     body: dict[str, Any] | None
     progress: dict[str, Any] | None
+    account_uuid: str | None = None
+    readable_by_uuid: bool = False
+
+    def readable_by(self, caller_uuid: str | None) -> bool:
+        """``caller_uuid`` may see this job (zsagent.ownership.may_read_job)."""
+        return may_read_job(self.account_uuid, self.readable_by_uuid, caller_uuid)
 
 
 class JobManager:
@@ -151,7 +163,7 @@ class JobManager:
         job.on_state = lambda state: self.store.set_job_state(job.uuid, state)
         with self._lock:
             self._jobs[job.uuid] = job
-        self.store.add_job(job.uuid, volume_uuid, job.webhook)
+        self.store.add_job(job.uuid, volume_uuid, job.account_uuid, job.readable_by_uuid, job.webhook)
         thread = threading.Thread(target=self._run, args=(job, work), name=f"job-{job.uuid[:8]}")
         with self._lock:
             self._threads.add(thread)
@@ -213,24 +225,41 @@ class JobManager:
                                  args=(record.webhook, record.uuid, False, record.result, self.webhook_attempts,
                                        self.webhook_backoff_s)).start()
 
-    def view(self, job_uuid: str) -> JobView | None:
-        """The job, or None when unknown or expired."""
+    def set_owner(self, job: Job, account_uuid: str, readable_by_uuid: bool) -> None:
+        """The job's account, once its credentials are checked (a session is checked by the job)."""
+        if (job.account_uuid, job.readable_by_uuid) != (account_uuid, readable_by_uuid):
+            job.account_uuid, job.readable_by_uuid = account_uuid, readable_by_uuid
+            self.store.set_job_account(job.uuid, account_uuid, readable_by_uuid)
+
+    def view(self, job_uuid: str, caller_uuid: str | None | object = ANYONE) -> JobView | None:
+        """The job, or None when unknown, expired, or not ``caller_uuid``'s to see (None: a caller without
+        credentials; ANYONE: the agent itself)."""
         self.expire()
         with self._lock:
             job = self._jobs.get(job_uuid)
         if job is not None:
             running = not job.done.is_set()
-            return JobView(job.uuid, running, job.success, job.body, job.progress_json())
-        record = self.store.get_job(job_uuid)
-        if record is None or record.result is None:
+            view = JobView(job.uuid, running, job.success, job.body, job.progress_json(), job.account_uuid,
+                           job.readable_by_uuid)
+        else:
+            record = self.store.get_job(job_uuid)
+            if record is None or record.result is None:
+                return None
+            view = JobView(record.uuid, False, _succeeded(record.result), record.result, None,
+                           record.account_uuid, record.readable_by_uuid)
+        if caller_uuid is not ANYONE and not view.readable_by(caller_uuid):  # type: ignore[arg-type]
             return None
-        return JobView(record.uuid, False, _succeeded(record.result), record.result, None)
+        return view
 
-    def cancel(self, job_uuid: str, reason: str = "cancelled by request") -> bool:
-        """Ask a running job to stop; False when it is not running here."""
+    def cancel(self, job_uuid: str, reason: str = "cancelled by request",
+               caller_uuid: str | None | object = ANYONE) -> bool:
+        """Ask a running job to stop; False when it is not running here, or not ``caller_uuid``'s (its
+        owner's or the admin's) to stop."""
         with self._lock:
             job = self._jobs.get(job_uuid)
         if job is None or job.done.is_set():
+            return False
+        if caller_uuid is not ANYONE and not may_access(job.account_uuid, caller_uuid):  # type: ignore[arg-type]
             return False
         job.cancel_with(reason)
         return True

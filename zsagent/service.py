@@ -29,6 +29,7 @@ from zsagent.inventory import backup_storage_ref, image_inventory, zstack_date
 from zsagent.janitor import Janitor
 from zsagent.jobs import Job, JobState
 from zsagent.metrics import Metrics
+from zsagent.ownership import ADMIN_ACCOUNT_UUID, may_access, operation_denied
 from zsagent.qemu_img import rbd_filename
 from zsagent.request import CreateRequest
 from zsagent.sources.open import PointInTimeOptions, open_source
@@ -36,10 +37,10 @@ from zsagent.storages import KINDS, Destination, Runtime, TemplateJob, TemplateT
 from zsagent.store import ImageRecord, JobJournal, JobRecord, JournalScope, Store
 from zsagent.transfer import transfer
 from zsagent.virt import VirtError
+from zsagent.volume_owner import ManagementNodeVolumes, VolumeOwnership
 
 log = logging.getLogger(__name__)
 
-ADMIN_ACCOUNT_UUID = "36c27e8ff05c4780bf6d2fa65700f22e"  # ZStack's built-in admin account
 INTERRUPTED = ErrorCode(errors.OPERATION_FAILURE, "agent restarted during copy")
 """How a job that a restart ended fails."""
 
@@ -57,6 +58,9 @@ class TemplateService:
         self.janitor = Janitor(store, self.runtime, self.active_jobs, self.metrics)
         self._create_guard = threading.Lock()  # makes "check resourceUuid, then claim it" atomic
         self._claimed: set[str] = set()
+        self.volume_owner = VolumeOwnership(
+            config.auth.unknown_volume_owner,
+            ManagementNodeVolumes(config.auth.zstack_url) if config.auth.zstack_url else None)
 
     @property
     def ceph(self):
@@ -86,11 +90,14 @@ class TemplateService:
 
     # -- the call ----------------------------------------------------------------------------------
 
-    def create_template(self, request: CreateRequest, account_uuid: str, job: Job | None = None) -> dict[str, Any]:
-        """Make the template and return its ImageInventory; raises ZsError."""
+    def create_template(self, request: CreateRequest, account_uuid: str, job: Job | None = None, *,
+                        session_uuid: str | None = None) -> dict[str, Any]:
+        """Make the template and return its ImageInventory; raises ZsError. ``account_uuid``: the caller's
+        account, who must own the volume (zsagent.volume_owner; ``session_uuid``, when the caller came with
+        one, lets the management node be asked) and will own the image."""
         job = job or Job()
         image_uuid = request.resource_uuid or uuidlib.uuid4().hex
-        existing = self._claim(image_uuid, request)
+        existing = self._claim(image_uuid, request, account_uuid)
         if existing is not None:
             job.phase = "done"
             return existing
@@ -99,6 +106,7 @@ class TemplateService:
             if volume is None:
                 raise errors.not_found(f"volume[uuid:{request.volume_uuid}] is not on any configured "
                                        "primary storage")
+            self.volume_owner.check(volume, account_uuid, session_uuid)
             storages = self._backup_storages(request, volume)
             self.metrics.queued.inc()
             queued = True
@@ -119,12 +127,13 @@ class TemplateService:
             with self._create_guard:
                 self._claimed.discard(image_uuid)
 
-    def _claim(self, image_uuid: str, request: CreateRequest) -> dict[str, Any] | None:
-        """Idempotency: the same resourceUuid with the same parameters returns the existing image."""
+    def _claim(self, image_uuid: str, request: CreateRequest, account_uuid: str) -> dict[str, Any] | None:
+        """Idempotency: the same resourceUuid with the same parameters returns the existing image, to its
+        own account (or the admin); to another it is a uuid in use, as a different request's is."""
         with self._create_guard:
             record = self.store.get_image(image_uuid)
             if record is not None:
-                if record.fingerprint == request.fingerprint():
+                if record.fingerprint == request.fingerprint() and may_access(record.account_uuid, account_uuid):
                     return record.inventory
                 raise errors.invalid(f"resourceUuid {image_uuid} is already used by another image")
             if image_uuid in self._claimed:
@@ -378,8 +387,8 @@ class TemplateService:
             if missing_ok:
                 return
             raise errors.not_found(f"image[uuid:{image_uuid}] not found")
-        if account_uuid not in (None, ADMIN_ACCOUNT_UUID, record.account_uuid):
-            raise ZsError(errors.PERMISSION_DENIED, f"image[uuid:{image_uuid}] belongs to another account")
+        if account_uuid is not None and not may_access(record.account_uuid, account_uuid):
+            raise operation_denied(image_uuid, "ImageVO", account_uuid)
         for ref in record.refs:
             try:
                 cleanup.remove(ref["kind"], ref, self.runtime)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+from zsagent.filemodes import private_dir, private_file
+
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -37,6 +39,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     point_in_time TEXT,           -- how consistent the copy is (JSON), see zsagent.virt
     created_s    REAL NOT NULL,
     finished_s   REAL,
+    account_uuid TEXT,            -- who started it (zsagent.ownership); NULL: not identified
+    readable_by_uuid INTEGER NOT NULL DEFAULT 0, -- 1: its uuid alone is enough to read it (see may_read_job)
     webhook      TEXT             -- where the result is POSTed (also after a restart ended the job)
 );
 CREATE TABLE IF NOT EXISTS journal (
@@ -53,11 +57,12 @@ CREATE TABLE IF NOT EXISTS journal (
 """
 
 _ADDED_COLUMNS = {
-    "jobs": {"webhook": "TEXT"},
-    "journal": {"volume_uuid": "TEXT", "image_uuid": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0",
-                "last_error": "TEXT"},
+    "jobs": (("account_uuid", "TEXT"), ("readable_by_uuid", "INTEGER NOT NULL DEFAULT 0"), ("webhook", "TEXT")),
+    "journal": (("volume_uuid", "TEXT"), ("image_uuid", "TEXT"), ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+                ("last_error", "TEXT")),
 }
-"""Columns schema 2 added to tables of schema 1 (added to older databases when they are opened)."""
+"""Columns newer than the first schema: added to a database made before them (its old jobs then have no
+owner, and only the admin reads them; its journal entries no volume, so only a restart's cleanup takes them)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class JobRecord:
     created_epoch: float
     finished_epoch: float | None
     point_in_time: dict[str, Any] | None = None
+    account_uuid: str | None = None
+    readable_by_uuid: bool = False
     webhook: str | None = None
 
 
@@ -106,7 +113,8 @@ class Store:
     """One SQLite database; safe to use from several threads."""
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(path).parent)
+        private_file(path)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
@@ -117,11 +125,7 @@ class Store:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{path}: store schema {version} is newer than this agent ({SCHEMA_VERSION})")
             self._db.executescript(_SCHEMA)
-            for table, columns in _ADDED_COLUMNS.items():
-                have = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
-                for name, declaration in columns.items():
-                    if name not in have:
-                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+            _add_missing_columns(self._db)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -167,10 +171,17 @@ class Store:
 
     # -- jobs --------------------------------------------------------------------------------------
 
-    def add_job(self, uuid: str, volume_uuid: str | None, webhook: str | None = None) -> None:
+    def add_job(self, uuid: str, volume_uuid: str | None, account_uuid: str | None = None,
+                readable_by_uuid: bool = False, webhook: str | None = None) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO jobs (uuid, volume_uuid, state, created_s, webhook) VALUES (?,?,?,?,?)",
-                       (uuid, volume_uuid, "queued", time.time(), webhook))
+            db.execute("INSERT INTO jobs (uuid, volume_uuid, state, created_s, account_uuid, readable_by_uuid, "
+                       "webhook) VALUES (?,?,?,?,?,?,?)", (uuid, volume_uuid, "queued", time.time(), account_uuid,
+                                                           int(readable_by_uuid), webhook))
+
+    def set_job_account(self, uuid: str, account_uuid: str, readable_by_uuid: bool) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET account_uuid=?, readable_by_uuid=? WHERE uuid=?",
+                       (account_uuid, int(readable_by_uuid), uuid))
 
     def set_job_state(self, uuid: str, state: str) -> None:
         with self._tx() as db:
@@ -241,7 +252,16 @@ def _job(row: sqlite3.Row) -> JobRecord:
     return JobRecord(row["uuid"], row["volume_uuid"], row["state"],
                      json.loads(row["result"]) if row["result"] else None, row["http_status"],
                      json.loads(row["errors"]) if row["errors"] else [], row["created_s"], row["finished_s"],
-                     json.loads(row["point_in_time"]) if row["point_in_time"] else None, row["webhook"])
+                     json.loads(row["point_in_time"]) if row["point_in_time"] else None,
+                     row["account_uuid"], bool(row["readable_by_uuid"]), row["webhook"])
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
 
 class JobJournal:

@@ -333,7 +333,7 @@ def test_restart_keeps_records_and_cleans_interrupted_jobs(api):
     # what a crash mid-copy leaves: a journalled snapshot and .part image, and a running job
     store = api.agent.store
     ghost = uuid.uuid4().hex
-    store.add_job("f" * 32, vol)
+    store.add_job("f" * 32, vol, ACCOUNT)
     store.set_job_state("f" * 32, "running")
     store.journal("f" * 32, "rbd-snapshot", {"pool": env.src_pool, "image": vol, "snapshot": ghost})
     store.journal("f" * 32, "rbd-image", {"pool": env.dst_pool, "image": ghost + ".part"})
@@ -343,7 +343,7 @@ def test_restart_keeps_records_and_cleans_interrupted_jobs(api):
 
     with running_agent(api.raw_config) as restarted:
         assert restarted.get(f"/zstack/v1/images/{made['uuid']}").json()["inventories"] == [made]
-        failed = restarted.client.get(f"/zstack/v1/api-jobs/{'f' * 32}")
+        failed = restarted.get(f"/zstack/v1/api-jobs/{'f' * 32}")
         assert failed.status_code == 503
         assert failed.json()["error"]["details"] == "agent restarted during copy"
         assert snaps_of(env, vol) == []
@@ -416,5 +416,5 @@ def test_job_results_expire_after_the_retention_time(rbd_env, tmp_path):
         location = answer.json()["location"]
         agent.agent.jobs.wait_all(60)
         time.sleep(0.05)
-        gone = agent.client.get(location)
+        gone = agent.get(location)
         assert (gone.status_code, gone.text) == (404, "the job has been expired")

@@ -68,7 +68,8 @@ def test_signed_requests_act_as_the_keys_account(api):
     vol, _ = file_volume(api.ps_root)
     mine = create(api, vol, "mine", signed)
     assert mine.status_code == 200, mine.text
-    theirs = create(api, vol, "theirs", lambda m, p: signed(m, p, OTHER_KEY, OTHER_SECRET))
+    their_vol, _ = file_volume(api.ps_root, account=OTHER_ACCOUNT)
+    theirs = create(api, their_vol, "theirs", lambda m, p: signed(m, p, OTHER_KEY, OTHER_SECRET))
     assert theirs.status_code == 200, theirs.text
     by_session = api.post_create(vol, {"name": "by-session"})
     assert by_session.status_code == 200, by_session.text

@@ -273,8 +273,11 @@ def test_a_rest_job_can_be_polled_on_the_classic_result_path(classic):
     assert started.status_code == 202
     job = started.json()["location"].rsplit("/", 1)[1]
     classic.wait_job(started.json()["location"])
-    name, event = answer_of(classic.client.get(f"/zstack/api/result/{job}").json())
+    # a job started with a session is read with that session's account, on either path
+    name, event = answer_of(classic.get(f"/zstack/api/result/{job}").json())
     assert name == CREATE_EVENT and event["inventory"]["url"] == f"volume://{vol}"
+    anonymous = classic.client.get(f"/zstack/api/result/{job}")
+    assert (anonymous.status_code, anonymous.text) == (404, f"No api result[uuid:{job}] found")
 
 
 def test_unknown_message_is_sys_1008(classic):

@@ -73,9 +73,9 @@ def test_async_create_poll_and_progress(api):
     assert accepted.status_code == 202 and "schema" not in accepted.json()
     location = accepted.json()["location"]
     api.wait_job(location)
-    polled = api.client.get(location, headers=SCHEMA_ON)
+    polled = api.client.get(location, headers={**SCHEMA_ON, **AUTH})
     assert polled.status_code == 200 and polled.json()["schema"] == CREATE_SCHEMA
-    assert "schema" not in api.client.get(location).json()  # the polling request's header decides
+    assert "schema" not in api.get(location).json()  # the polling request's header decides
     progress = api.client.get(f"/zstack/v1/task-progresses/{job}", headers={**AUTH, **SCHEMA_ON}).json()
     assert progress["schema"] == {"inventories[0]": PROGRESS}
     assert "schema" not in api.get(f"/zstack/v1/task-progresses/{job}").json()
@@ -86,7 +86,7 @@ def test_errors_have_no_schema(api):
     assert failed.json()["error"]["code"] == "SYS.1003" and "schema" not in failed.json()
     accepted = api.post_create(uuid.uuid4().hex, headers={"Prefer": "respond-async", **SCHEMA_ON})
     api.wait_job(accepted.json()["location"])
-    polled = api.client.get(accepted.json()["location"], headers=SCHEMA_ON)
+    polled = api.client.get(accepted.json()["location"], headers={**SCHEMA_ON, **AUTH})
     assert polled.status_code == 503 and set(polled.json()) >= {"error"} and "schema" not in polled.json()
     bad_session = api.client.get("/zstack/v1/images", headers={"Authorization": f"OAuth {uuid.uuid4().hex}",
                                                                 **SCHEMA_ON})
@@ -122,7 +122,7 @@ def delete_result(api, uuid_: str, headers: dict):
     answer = api.client.delete(f"/zstack/v1/images/{uuid_}", headers={**AUTH, **headers})
     if answer.status_code == 202:
         api.wait_job(answer.json()["location"])
-        answer = api.client.get(answer.json()["location"], headers=headers)
+        answer = api.client.get(answer.json()["location"], headers={**AUTH, **headers})
     assert answer.status_code == 200
     return answer.json()
 

@@ -25,7 +25,7 @@ from zsagent.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 ZSAGENT = [sys.executable, "-m", "zsagent"]
 MiB = 1024 * 1024
-SESSION = uuid.uuid4().hex
+SESSION, ACCOUNT = uuid.uuid4().hex, uuid.uuid4().hex
 
 
 class Site:
@@ -39,7 +39,7 @@ class Site:
         self.bs = uuid.uuid4().hex
         self.ceph_bs = uuid.uuid4().hex
         self.port = free_port()
-        (tmp / "sessions").write_text(f"{SESSION} {uuid.uuid4().hex}\n")
+        (tmp / "sessions").write_text(f"{SESSION} {ACCOUNT}\n")
         self.config = tmp / "zsagent.toml"
         self.config.write_text(f"""
 [agent]
@@ -82,6 +82,7 @@ pool = "bak"
         with cluster.open_ioctx("pri") as ioctx:
             self.backend.rbd.RBD().create(ioctx, vol, size)
             with self.backend.rbd.Image(ioctx, vol) as image:
+                image.metadata_set("zstack.accountUuid", ACCOUNT)  # the session's account owns it
                 block = os.urandom(MiB)
                 for offset in range(0, size, data_every):
                     image.write(block[: min(MiB, size - offset)], offset)
@@ -166,6 +167,20 @@ def test_copy_to_ceph_in_clone_mode_then_images_show_list_delete(site):
     assert deleted.returncode == 0 and site.leftovers() == []
     missing = site.run("images", "show", inv["uuid"])
     assert missing.returncode == 1 and "SYS.1003" in missing.stderr
+
+
+def test_copy_as_an_account_needs_its_volume_and_lists_show_what_it_owns(site):
+    vol = site.volume(size=3 * MiB)  # ACCOUNT's, by its RBD metadata
+    other = uuid.uuid4().hex
+    refused = site.run("copy", vol, "--account", other)
+    assert refused.returncode == 1 and "ID.1002" in refused.stderr and "doesn't belong" in refused.stderr
+    made = site.run("copy", vol, "--account", ACCOUNT, "--json")
+    assert made.returncode == 0, made.stderr
+    inv = json.loads(made.stdout)
+    assert f"/acct-{ACCOUNT}/" in inv["backupStorageRefs"][0]["installPath"]
+    assert inv["uuid"] in site.run("images", "list", "--account", ACCOUNT).stdout
+    assert inv["uuid"] not in site.run("images", "list", "--account", other).stdout
+    assert inv["uuid"] in site.run("images", "list").stdout  # the operator sees all
 
 
 def test_volumes_lists_what_the_catalog_sees(site):
@@ -324,7 +339,8 @@ def test_sigterm_drains_then_cancels_and_records_why(tmp_path):
     daemon = start_daemon(slow, notify)
     try:
         notify.expect("READY=1")
-        result = httpx.get(f"http://127.0.0.1:{slow.port}/zstack/v1/api-jobs/{job}")
+        result = httpx.get(f"http://127.0.0.1:{slow.port}/zstack/v1/api-jobs/{job}",
+                           headers={"Authorization": f"OAuth {SESSION}"})
         assert result.status_code == 503
         error = result.json()["error"]
         assert error["code"] == "SYS.1017" and "drain time" in error["details"]

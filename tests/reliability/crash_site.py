@@ -276,7 +276,8 @@ class CrashSite:
             self.rbd.RBD().remove(self.src, case.volume)
 
     def poll(self, job: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.port}/zstack/v1/api-jobs/{job}", timeout=30)
+        return httpx.get(f"{self.url}/zstack/v1/api-jobs/{job}", headers={"Authorization": f"OAuth {SESSION}"},
+                         timeout=30)
 
     def journal(self) -> list:
         store = Store(self.data_dir / "zsagent.db")

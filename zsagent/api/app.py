@@ -71,6 +71,15 @@ def error_response(error: ErrorCode, status: int = 503) -> JSONResponse:
     return JSONResponse({"error": error.to_json()}, status_code=status)
 
 
+def _owner_of(auth: Authenticator, credentials: Credentials) -> str | None:
+    """The account the credentials name, or None when the session is not valid (the job then fails with
+    ID.1001, as ZStack answers it)."""
+    try:
+        return auth.account_of(credentials)
+    except ZsError:
+        return None
+
+
 def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) -> FastAPI:
     """``auth`` tells who calls (zsagent.auth.Authenticator)."""
     app = FastAPI(title="zsagent", version="0.1.0",
@@ -87,6 +96,12 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
 
     def account_for(request: Request) -> str:
         return auth.authenticate(request.method, request.url.path, request.headers)
+
+    def identify(credentials: Credentials, running: Job) -> str:
+        """The caller's account when the job runs (ID.1001 for a bad session), recorded as the job's."""
+        account = auth.account_of(credentials)
+        jobs.set_owner(running, account, readable_by_uuid=credentials.account_uuid is not None)
+        return account
 
     async def submit(request: Request, kind: str, work: Callable[[Credentials, Job], dict[str, Any]],
                      answers: Kind, volume_uuid: str | None = None) -> JSONResponse:
@@ -111,8 +126,12 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
                 timeout_s = int(requested.strip())
             except ValueError:  # Long.parseLong's exception, answered as any unexpected one (l.686-688)
                 raise RestRefusal(500, f'For input string: "{requested}"') from None
+        owner = await asyncio.to_thread(_owner_of, auth, credentials)
+        # A job signed with an access key is polled by ZStack's SDK with "OAuth null"; one whose caller is
+        # not identified only holds its ID.1001: both are read by their uuid (zsagent.ownership).
         job = Job(webhook=request.headers.get("x-web-hook"), timeout_s=timeout_s,
-                  webhook_body=partial(with_schema, kind=answers, headers=dict(request.headers)))
+                  webhook_body=partial(with_schema, kind=answers, headers=dict(request.headers)),
+                  account_uuid=owner, readable_by_uuid=credentials.account_uuid is not None or owner is None)
         if job_uuid is not None:
             job.uuid = job_uuid
         jobs.submit(job, lambda running: work(credentials, running), volume_uuid=volume_uuid)
@@ -135,17 +154,24 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
         # The session and the body are checked inside the job: ZStack answers those errors through the
         # job too (202, then 503 on the poll: portal/.../ApiMediatorImpl.java l.68-71).
         def work(credentials: Credentials, running: Job) -> dict[str, Any]:
-            account = auth.account_of(credentials)
+            account = identify(credentials, running)
             create = parse_body(body, volumeUuid)
-            return {"inventory": service.create_template(create, account, running)}
+            return {"inventory": service.create_template(create, account, running,
+                                                         session_uuid=credentials.session_uuid)}
 
         return await submit(request, "create", work, Kind.CREATE, volume_uuid=volumeUuid)
 
+    async def caller_of(request: Request) -> str | None:
+        return await asyncio.to_thread(auth.caller_or_none, request.method, request.url.path, request.headers)
+
     @app.get(f"{API}/api-jobs/{{jobUuid}}", summary="Poll an asynchronous job")
     async def poll_job(jobUuid: str, request: Request) -> Response:  # noqa: N803
-        """RestServer.java handleJobQuery l.705-740: no Authorization needed; unknown or expired: 404; the
-        schema map as the polling request asks (a delete's answer, ``{}``, has none either way)."""
-        view = jobs.view(jobUuid)
+        """RestServer.java handleJobQuery l.705-740: unknown or expired: 404; the schema map as the polling
+        request asks (a delete's answer, ``{}``, has none either way). ZStack asks for no credentials here;
+        this agent shows a job only to its account and the admin (the SDK polls with the session that
+        started it, ZSClient.java l.686-692), and to a caller without credentials only the jobs
+        zsagent.ownership.may_read_job allows; anyone else is told it is not there."""
+        view = jobs.view(jobUuid, await caller_of(request))
         if view is None:
             return PlainTextResponse("the job has been expired", status_code=404)
         if view.running:
@@ -155,10 +181,10 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
 
     @app.delete(f"{API}/api-jobs/{{jobUuid}}", summary="Cancel a running job (zsagent's own)")
     async def cancel_job(jobUuid: str, request: Request) -> JSONResponse:  # noqa: N803
-        account_for(request)
-        if jobs.cancel(jobUuid):
+        caller = account_for(request)
+        if jobs.cancel(jobUuid, caller_uuid=caller):  # its account's or the admin's to cancel
             return JSONResponse({}, status_code=202)
-        if jobs.view(jobUuid) is None:
+        if jobs.view(jobUuid, caller) is None:
             return error_response(ErrorCode(errors.RESOURCE_NOT_FOUND, f"job[uuid:{jobUuid}] not found"), 404)
         return error_response(ErrorCode(errors.INVALID_ARGUMENT, f"job[uuid:{jobUuid}] has already finished"),
                               409)
@@ -166,9 +192,8 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
     @app.get(f"{API}/task-progresses/{{jobUuid}}", summary="Progress of a job")
     async def task_progress(jobUuid: str, request: Request) -> JSONResponse:  # noqa: N803
         """A synchronous call (header/.../core/progress/APIGetTaskProgressMsg.java l.15); an unknown job has
-        no progress: an empty list."""
-        account_for(request)
-        view = jobs.view(jobUuid)
+        no progress: an empty list (ProgressReportService.java l.278-280), and so has another account's."""
+        view = jobs.view(jobUuid, account_for(request))
         if view is None:
             return JSONResponse({"inventories": []})
         progress = view.progress or {"phase": "done" if view.success else "failed",
@@ -196,7 +221,7 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
         """Asynchronous like every ZStack API but queries (APIDeleteImageMsg); deleting an image that is
         not there succeeds, as ZStack's delete messages do."""
         def work(credentials: Credentials, running: Job) -> dict[str, Any]:
-            service.delete_image(uuid, missing_ok=True, account_uuid=auth.account_of(credentials))
+            service.delete_image(uuid, missing_ok=True, account_uuid=identify(credentials, running))
             return {}
 
         return await submit(request, "delete", work, Kind.DELETE)

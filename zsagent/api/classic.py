@@ -75,7 +75,7 @@ PLAIN_EVENT = "org.zstack.header.message.APIEvent"
 PLAIN_REPLY = "org.zstack.header.message.APIReply"
 #: Codes that ZStack raises in its API interceptors, before the message's handler runs.
 _INTERCEPTOR_CODES = {errors.INVALID_ARGUMENT, errors.RESOURCE_NOT_FOUND, errors.INVALID_AUTHORIZATION,
-                      errors.INVALID_SESSION}
+                      errors.INVALID_SESSION, errors.PERMISSION_DENIED}
 UNKNOWN_MESSAGE = "SYS.1008"  # [zs] header/.../errorcode/SysErrors.java l.14
 UNKNOWN_MESSAGE_DESCRIPTION = "Unknown message, no service can deal with the message"  # [zs] conf/errorCodes/sys.xml
 
@@ -116,7 +116,7 @@ def add_classic_routes(app: FastAPI, service: TemplateService, jobs: JobManager,
         if not app.state.accepting:
             error = errors.operation_failed("the agent is shutting down; retry on another agent or later").error
             return _done(PLAIN_EVENT, error)
-        job = Job()
+        job = Job(readable_by_uuid=True)  # polled at /zstack/api/result/<uuid>, which carries no credentials
         now = time.time()
         for uuid in [u for u, (_, at) in sent.items() if at < now - jobs.retention_s]:
             del sent[uuid]
@@ -129,14 +129,19 @@ def add_classic_routes(app: FastAPI, service: TemplateService, jobs: JobManager,
         # back on the poll, as ZStack sends them (RESTApiFacadeImpl.send, then the interceptors).
         def work(running: Job) -> dict[str, Any]:
             account = account_of(CREATE, message)
-            return {"inventory": service.create_template(parse_body(_rest_create_body(message)), account, running)}
+            jobs.set_owner(running, account, readable_by_uuid=True)
+            request = parse_body(_rest_create_body(message))
+            session_uuid = message["session"]["uuid"]  # account_of checked it is there
+            return {"inventory": service.create_template(request, account, running, session_uuid=session_uuid)}
 
         volume = message.get("volumeUuid")
         return submit(CREATE, work, volume if isinstance(volume, str) else None)
 
     def delete(message: dict[str, Any]) -> JSONResponse:
         def work(running: Job) -> dict[str, Any]:
-            _delete_image(service, message, account_of(DELETE_IMAGE, message))
+            account = account_of(DELETE_IMAGE, message)
+            jobs.set_owner(running, account, readable_by_uuid=True)
+            _delete_image(service, message, account)
             running.phase = "done"
             return {}
 
@@ -146,12 +151,12 @@ def add_classic_routes(app: FastAPI, service: TemplateService, jobs: JobManager,
         return _query_images(service.list_images(account_of(QUERY_IMAGE, message)), message)
 
     def task_progress(message: dict[str, Any]) -> dict[str, Any]:
-        account_of(TASK_PROGRESS, message)
+        caller = account_of(TASK_PROGRESS, message)
         api_id = message.get("apiId")
         if not isinstance(api_id, str) or not api_id:
             raise errors.invalid(f"field[apiId] of message[{TASK_PROGRESS}] must be the uuid of an API call")
-        view = jobs.view(api_id)
-        if view is None:  # ZStack: an unknown API id has no progress entries
+        view = jobs.view(api_id, caller)
+        if view is None:  # ZStack: an unknown API id has no progress entries; nor has another account's
             return {"success": True, "inventories": []}
         progress = view.progress or {"phase": "done" if view.success else "failed", "percent": 100,
                                      "bytesDone": None, "bytesTotal": None}
@@ -188,8 +193,12 @@ def add_classic_routes(app: FastAPI, service: TemplateService, jobs: JobManager,
         return JSONResponse({"state": "Done", "createdDate": created, "finishedDate": zstack_date(),
                              "result": _result_text(ANSWER_CLASS[message_name], reply)})
 
-    async def result(uuid: str) -> Response:
-        view = jobs.view(uuid)
+    async def result(uuid: str, request: Request) -> Response:
+        # ZStack's classic clients send no credentials here (the session is inside each message): a job
+        # sent here is read by its uuid; one started through the REST API with a session needs that
+        # session's account (or the admin's) in an Authorization header; another account's is not found.
+        caller = await asyncio.to_thread(auth.caller_or_none, request.method, request.url.path, request.headers)
+        view = jobs.view(uuid, caller)
         if view is None:
             return PlainTextResponse(f"No api result[uuid:{uuid}] found", status_code=404)
         record = jobs.store.get_job(uuid)

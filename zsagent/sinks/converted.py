@@ -23,6 +23,7 @@ from typing import Protocol
 
 from zsagent.copy.errors import AllSinksFailed
 from zsagent.copy.pipeline import PipelineConfig, run_copy
+from zsagent.filemodes import private_dir
 from zsagent.qemu_img import ConvertOptions, convert, hash_file, qemu_input_of
 from zsagent.sinks.base import NO_JOURNAL, Journal, Sink, SinkResult
 from zsagent.sinks.local_files import LocalTemplateFile, fsync_path
@@ -103,7 +104,7 @@ class ConvertedUpload:
 
     def prepare(self, source, progress: FractionCallback, cancel: threading.Event) -> None:
         qemu_input = qemu_input_of(source)
-        self.spool_file.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.spool_file.parent)
         self._spool_id = self.journal.record(SPOOL_KIND, {"path": str(self.spool_file)})
         try:
             os.close(os.open(self.spool_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
