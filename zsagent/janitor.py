@@ -48,6 +48,7 @@ class Janitor:
         self._thread: threading.Thread | None = None
         self.idle = threading.Event()  # set while nothing cleanable is pending
         self.before_first_sweep: Callable[[list[Artifact]], None] | None = None
+        self._ended_here: set[str] = set()  # jobs of this process that are over, whatever the store says yet
 
     # -- background -------------------------------------------------------------------------------
 
@@ -61,8 +62,12 @@ class Janitor:
         if self._thread is not None:
             self._thread.join(timeout_s)
 
-    def wake(self) -> None:
-        """Look again now (a job's cleanup just failed)."""
+    def wake(self, ended_job: str | None = None) -> None:
+        """Look again now: ``ended_job``, a job of this process, is over and left something (its stored
+        state may still say running for a moment)."""
+        if ended_job is not None:
+            with self._removing:
+                self._ended_here.add(ended_job)
         self._wake.set()
 
     def _loop(self) -> None:
@@ -100,7 +105,7 @@ class Janitor:
                 record = self.store.get_job(artifact.job_uuid)
                 states[artifact.job_uuid] = record.state if record is not None else None
             state = states[artifact.job_uuid]
-            if state in ("queued", "running"):
+            if state in ("queued", "running") and artifact.job_uuid not in self._ended_here:
                 continue
             if state is None and artifact.created_epoch >= self.started_epoch:
                 continue  # no stored job: another process' (the CLI), unless it predates this one
@@ -135,6 +140,8 @@ class Janitor:
                 self._failed(artifact, e)
                 return False
             self.store.clear_artifact(artifact.id)
+            if not self.store.artifacts(artifact.job_uuid):
+                self._ended_here.discard(artifact.job_uuid)
         self._due.pop(artifact.id, None)
         if artifact.attempts:
             log.info("job %s: removed %s %s after %d failed attempts", artifact.job_uuid, artifact.kind,

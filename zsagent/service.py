@@ -167,7 +167,7 @@ class TemplateService:
             with self._active_lock:
                 self._active.discard(job.uuid)
             if self.store.artifacts(job.uuid):
-                self.janitor.wake()  # what this job could not remove is retried in the background
+                self.janitor.wake(job.uuid)  # what this job could not remove is retried in the background
 
     def _run_active(self, request: CreateRequest, account_uuid: str, volume: Volume,
                     storages: list[BackupStorage], image_uuid: str, job: Job) -> dict[str, Any]:

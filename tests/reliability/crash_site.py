@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -120,7 +121,7 @@ class Daemon:
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self.process.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to the log
                 self.process.wait()
         return self.process.returncode
 
@@ -158,7 +159,8 @@ class CrashSite:
         self.config.write_text(toml_text({
             "agent": {"listen": f"127.0.0.1:{self.port}", "data_dir": str(self.data_dir), "max_jobs": 2,
                       "spool_dir": str(self.spool), **agent},
-            "auth": {"sessions_file": str(tmp / "sessions")},
+            # the volumes carry no owner (ZStack writes none): every account may use them here
+            "auth": {"sessions_file": str(tmp / "sessions"), "unknown_volume_owner": "allow"},
             "ceph": {"backend": "rados", "conf": ceph.conf, "keyring": ceph.keyring,
                      "rados_osd_op_timeout": 20, "rados_mon_op_timeout": 20, "client_mount_timeout": 20},
             "pipeline": {"chunk_bytes": 256 * 1024, "depth": 4},
@@ -225,7 +227,8 @@ class CrashSite:
     # -- the agent ----------------------------------------------------------------------------------
 
     def start(self, fault: str | None = None, name: str = "agent") -> Daemon:
-        env = {k: v for k, v in os.environ.items() if k != "ZSAGENT_FAULT"} | {"TMPDIR": str(self.tmpdir)}
+        env = {k: v for k, v in os.environ.items() if k != "ZSAGENT_FAULT"} | {"TMPDIR": str(self.tmpdir),
+                                                                               "PYTHONFAULTHANDLER": "1"}
         if fault:
             env["ZSAGENT_FAULT"] = fault
         log = self.tmp / f"{name}.log"

@@ -56,7 +56,7 @@ def crash_then_retry(site: CrashSite, kind: str, point: str, size: int = 4 * MiB
         assert headers["X-Job-Success"] == "false"
         assert body["error"]["details"] == "agent restarted during copy"
 
-        retry = site.create(case)  # at once: it waits for what the crash left to be removed
+        retry = site.create(case, timeout_s=120)  # at once: it waits for what the crash left to be removed
         assert retry.status_code == 200, retry.text
         inventory = retry.json()["inventory"]
         path = inventory["backupStorageRefs"][0]["installPath"]
