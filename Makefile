@@ -8,9 +8,12 @@ setup:
 test: setup
 	scripts/run-tests $(PYTEST_ARGS)
 
-# The whole reliability suite (tests/reliability), its long cases included; prints the figures it measured.
+# The long and heavy cases (pytest marker "reliability") and the whole reliability suite (tests/reliability),
+# against the same throwaway services; prints the figures the crash tests measured.
+.PHONY: reliability
 reliability: setup
-	scripts/run-tests tests/reliability -m "" $(PYTEST_ARGS)
+	scripts/run-tests -m reliability $(PYTEST_ARGS)
+	scripts/run-tests tests/reliability -m "not reliability" $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check .
@@ -20,6 +23,13 @@ demo: setup
 
 bench: setup
 	.venv/bin/python bench/run.py $(if $(SWEEP),--sweep) $(BENCH_ARGS)
+	.venv/bin/python bench/front.py
+
+# Templates through `zsagent front` against ZStack's own agent commands (rbd export | ssh cat, qemu-img
+# convert + scp) on the same data; also the last part of `make bench`.
+.PHONY: bench-front
+bench-front: setup
+	.venv/bin/python bench/front.py $(BENCH_ARGS)
 
 # SFTP uploads (ours, MD5 included) against OpenSSH's sftp put on a throwaway loopback sshd; ~4 min.
 .PHONY: bench-sftp

@@ -7,7 +7,9 @@ and `make bench` stays free of a heavy dependency.
 One panel per (volume, baseline): every volume against the path users run today (``MAIN_BASELINE``), with
 all its tools; then one panel per other baseline a target names, with only the tools those targets name.
 A bar is ``baseline seconds / tool seconds``, the median of per-repetition ratios (``report.measured_ratio``,
-the same number the table's targets use).
+the same number the table's targets use). Then, per volume a CPU target names (``CPU_TARGETS``), a panel of
+the agent's CPU per GiB relative to the chosen MD5's (``report.cpu_ratio``; shorter is better, the target
+line is an upper bound).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import math
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
-from report import measured_ratio
-from targets import MAIN_BASELINE, QEMU_IMG_QCOW2, RATIO_TARGETS, RatioTarget
+from report import cpu_ratio, measured_ratio
+from targets import CPU_TARGETS, MAIN_BASELINE, QEMU_IMG_QCOW2, RATIO_TARGETS, RatioTarget, chosen_md5_ceiling
 
 WIDTH_PX = 980
 LABEL_PX = 330  # left column: tool names
@@ -45,9 +47,12 @@ class Bar:
 
 @dataclass
 class Panel:
+    """bars relative to ``baseline``; ``cpu``: a CPU panel (bars are CPU ratios, targets are upper bounds)."""
+
     volume: str
     baseline: str
     bars: list[Bar]
+    cpu: bool = False
 
 
 def _does_less(tool: str) -> bool:
@@ -80,6 +85,24 @@ def panels(results: dict) -> list[Panel]:
                 bars.append(Bar(tool, ratio, mine))
             if bars:
                 out.append(Panel(volume, baseline, bars))
+    return out + cpu_panels(results)
+
+
+def cpu_panels(results: dict) -> list[Panel]:
+    """One panel per volume a CPU target names: the agent's CPU per GiB of our tools over the chosen MD5's."""
+    raw = results["raw"]
+    md5_tool = chosen_md5_ceiling(results.get("host", {}))
+    out = []
+    for volume in dict.fromkeys(t.volume for t in CPU_TARGETS):
+        goals = [t for t in CPU_TARGETS if t.volume == volume]
+        bars = []
+        for tool in raw.get(volume, {}):
+            ratio = cpu_ratio(raw, volume, tool, md5_tool) if tool.startswith("ours") else None
+            if ratio is not None:
+                bars.append(Bar(tool, ratio, [(t, ratio <= t.goal) for t in goals if t.tool == tool]))
+        if bars:
+            out.append(Panel(volume, f"{md5_tool.removeprefix('md5 ceiling ').strip('()')} MD5 CPU per GiB", bars,
+                             cpu=True))
     return out
 
 
@@ -114,13 +137,19 @@ def render_chart(results: dict, source: str = "") -> str:
     body: list[str] = []
     panels_main = {}
     for panel in items:
-        panels_main.setdefault(panel.volume, panel.baseline)
+        if not panel.cpu:
+            panels_main.setdefault(panel.volume, panel.baseline)
     y = 88
     for panel in items:
         vol_facts = results.get("volumes", {}).get(panel.volume, {})
         body.append(f"<g class='panel' data-volume={quoteattr(panel.volume)} "
                     f"data-baseline={quoteattr(panel.baseline)}>")
-        if panel.baseline == panels_main[panel.volume]:
+        if panel.cpu:
+            body.append(f"<text x='10' y='{y + 12}' font-size='12' fill='#4a5568'>{escape(panel.volume)}: the "
+                        f"agent's CPU seconds per GiB relative to {escape(panel.baseline)} (= 1×; shorter is "
+                        f"better, the OSD's CPU not included)</text>")
+            y += PANEL_TITLE_PX - 14
+        elif panel.baseline == panels_main.get(panel.volume):
             body.append(f"<text x='10' y='{y + 14}' font-size='14' font-weight='bold'>"
                         f"{escape(_volume_caption(panel.volume, vol_facts))}</text>")
             body.append(f"<text x='10' y='{y + 29}' font-size='12' fill='#4a5568'>speed relative to "
@@ -167,7 +196,8 @@ def render_chart(results: dict, source: str = "") -> str:
                             f"x1='{xg:.2f}' y1='{mid - ROW_PX / 2 + 1:.1f}' "
                             f"x2='{xg:.2f}' y2='{mid + ROW_PX / 2 - 1:.1f}' "
                             f"stroke='{stroke}' stroke-width='3'/>")
-                note += f"   target ≥ {_times(goal.goal)}: {'met' if met else 'not met'}"
+                bound = "≤" if panel.cpu else "≥"
+                note += f"   target {bound} {_times(goal.goal)}: {'met' if met else 'not met'}"
             fill = "#1a202c"
             if bar.targets:
                 fill = COLOUR_MET if all(m for _, m in bar.targets) else COLOUR_NOT_MET
@@ -180,8 +210,8 @@ def render_chart(results: dict, source: str = "") -> str:
 
     host = results.get("host", {})
     title = "zsagent bench: speed relative to a baseline in the same run"
-    sub = ("bar = baseline seconds / tool seconds, median of per-repetition ratios; "
-           "line = target (bench/targets.py), green met, red not met")
+    sub = ("bar = baseline seconds / tool seconds (CPU panels: agent CPU / MD5 CPU), median of per-repetition "
+           "ratios; line = target (bench/targets.py), green met, red not met")
     caption = ", ".join(x for x in (source, host.get("cpu_model", ""),
                                     f"{host['cores']} cores" if host.get("cores") else "") if x)
     legend = []

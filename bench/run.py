@@ -32,7 +32,7 @@ from setup_env import (  # noqa: E402
     create_qcow2_chain,
     create_rbd_volume,
 )
-from targets import LIMITS  # noqa: E402
+from targets import LIMITS, chosen_md5_ceiling  # noqa: E402
 
 WORKER = str(Path(__file__).resolve().parent / "worker.py")
 
@@ -47,6 +47,8 @@ T_CEILING_NATIVE = "md5 ceiling (native)"
 T_OURS_RAW = "ours (-> raw file)"
 T_OURS_QCOW2 = "ours (-> qcow2 stream, md5 of the file)"
 T_OURS_QEMU_IMG = "ours (qemu-img engine -> qcow2, md5 of the file)"
+T_OURS_QCOW2_NBD = "ours via qemu-nbd (-> qcow2 stream: the reader before)"
+T_OURS_RAW_NBD = "ours via qemu-nbd (-> raw file: the reader before)"
 T_OURS_ZSTD = "ours (qemu-img engine -> qcow2 zstd)"
 T_QEMU_IMG = "qemu-img convert -O qcow2 + md5sum"
 T_QEMU_IMG_RAW = "qemu-img convert -O raw + md5sum"
@@ -125,9 +127,9 @@ class Bench:
                 "dest": self.unique(f"tpl-{vol.name}"), "mode": mode,
                 "chunk_bytes": chunk_bytes or self.chunk_bytes, "depth": depth or self.depth}
 
-    def file_spec(self, vol: Volume, sink: str) -> dict:
+    def file_spec(self, vol: Volume, sink: str, reader: str = "direct") -> dict:
         suffix = "raw" if sink == "raw" else "qcow2"
-        return {"kind": "file", "path": vol.path, "format": "qcow2", "sink": sink,
+        return {"kind": "file", "path": vol.path, "format": "qcow2", "sink": sink, "reader": reader,
                 "dest": str(self.ws.files / f"{self.unique('tpl')}.{suffix}"),
                 "chunk_bytes": self.chunk_bytes, "depth": self.depth}
 
@@ -150,6 +152,9 @@ class Bench:
             out[T_OURS_RAW] = lambda: worker(self.file_spec(vol, "raw"), env)
             if self.have_qcow2_sink:
                 out[T_OURS_QCOW2] = lambda: worker(self.file_spec(vol, "qcow2"), env)
+            if self.args.qemu_nbd_reader:
+                out[T_OURS_RAW_NBD] = lambda: worker(self.file_spec(vol, "raw", "qemu-nbd"), env)
+                out[T_OURS_QCOW2_NBD] = lambda: worker(self.file_spec(vol, "qcow2", "qemu-nbd"), env)
             out[T_OURS_QEMU_IMG] = lambda: worker(self.file_spec(vol, "qemu-img"), env)
             out[T_OURS_ZSTD] = lambda: worker(self.file_spec(vol, "qemu-img-zstd"), env)
             out[T_QEMU_IMG] = lambda: tools.qemu_img_qcow2_md5(vol.path, str(self.ws.files / "qemu-img-out.qcow2"))
@@ -235,7 +240,24 @@ class Bench:
             sum(self.results[n][tool_of[n]][run["rep"]]["client_cpu_s"] + self.results[n][tool_of[n]][run["rep"]]
                 ["osd_cpu_s"] for n in names) for run in self.concurrent_runs)
         cpu_together = statistics.median(r["client_cpu_s"] + r["osd_cpu_s"] for r in self.concurrent_runs)
-        return {"volumes": names, "runs": self.concurrent_runs, "speedup": statistics.median(ratios),
+        # The agent's own CPU (copy windows, OSD and qemu-nbd apart): together vs the four alone, same repetition.
+        agent_ratios, agent_together, agent_alone, stall_shares, stalls = [], [], [], [], []
+        for run in self.concurrent_runs:
+            alone = [self.results[n][tool_of[n]][run["rep"]].get("copy_cpu_s") for n in names]
+            if run.get("copy_cpu_s") and all(alone):
+                agent_ratios.append(run["copy_cpu_s"] / sum(alone))
+                agent_together.append(run["copy_cpu_s"])
+                agent_alone.append(sum(alone))
+            job_stalls = [job.get("stalls_s", 0.0) for job in run["jobs"]]
+            stalls.append(max(job_stalls))
+            stall_shares.append(max(job_stalls) / run["seconds"])
+        agent = {}
+        if agent_ratios:
+            agent = {"agent_cpu_ratio": statistics.median(agent_ratios),
+                     "agent_cpu_s_per_gib_together": statistics.median(agent_together) / (total / GiB),
+                     "agent_cpu_s_per_gib_one_at_a_time": statistics.median(agent_alone) / (total / GiB),
+                     "longest_stall_s": max(stalls), "stall_share": max(stall_shares)}
+        return {**agent, "volumes": names, "runs": self.concurrent_runs, "speedup": statistics.median(ratios),
                 "cpu_s_one_at_a_time": cpu_one_at_a_time, "cpu_s_together": cpu_together,
                 "sequential_s": statistics.median(sequential), "together_s": statistics.median(together),
                 "aggregate_mib_s": total / statistics.median(together) / MiB,
@@ -302,6 +324,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="also run flatten, hash-only and the native ceiling on every volume, not only dense")
     p.add_argument("--nbdcopy-rbd", action="store_true",
                    help="also time nbdcopy reading the RBD snapshots through qemu-nbd's rbd driver (slow)")
+    p.add_argument("--qemu-nbd-reader", action="store_true",
+                   help="also copy the qcow2 chain through qemu-nbd, the reader before the direct one")
     p.add_argument("--sweep", action="store_true", help="only sweep chunk size x depth on the dense volume")
     p.add_argument("--sweep-chunks-mib", type=float, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--sweep-depths", type=int, nargs="+", default=[2, 4, 8, 16])
@@ -343,7 +367,7 @@ def main(argv: list[str]) -> int:
         else:
             bench.main_loop()
             check_digests(bench)
-            rows = report.build_rows(volumes, bench.results)
+            rows = report.build_rows(volumes, bench.results, chosen_md5_ceiling(facts))
             concurrent = bench.concurrent_summary()
             table = report.render(rows, concurrent)
             goals = report.targets(rows, concurrent, volumes, bench.results)

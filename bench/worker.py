@@ -5,7 +5,8 @@
 Spec kinds:
   rbd      {conf, keyring, pool, volume, snapshot, backup_pool, dest, mode: copy|flatten|hash-only,
             chunk_bytes, depth}
-  file     {path, format, dest, sink: raw|qcow2|qemu-img|qemu-img-zstd, chunk_bytes, depth}
+  file     {path, format, dest, sink: raw|qcow2|qemu-img|qemu-img-zstd, chunk_bytes, depth,
+            reader: direct (default: as the service, qemu-nbd only where it must) | qemu-nbd}
            (qemu-img*: the qemu-img engine, qcow2 plain or zstd-compressed, md5 of the file)
   ceiling  {bytes, impl: hashlib|native}          MD5 of ``bytes`` from a buffer in memory, 4 MiB updates
   many     {jobs: [rbd/file specs]}                all jobs at once, one thread each (as the agent would)
@@ -13,7 +14,12 @@ Spec kinds:
 Timing starts before the cluster connection (the rbd CLI pays for its own) and ends when the copy is
 published (for RBD: the snapshot is removed again). Removing the template afterwards is not timed.
 Output: seconds, md5, size, stats (bytes_read, ...), sink_md5 (qcow2 file md5), hwm_kib (peak RSS),
-cpu_s (user+sys of this process).
+cpu_s (user+sys of this process, interpreter start-up and imports included), copy_cpu_s (user+sys of every
+thread of this process between the start and the end of the timed window: what the agent's daemon, which
+has its imports done, spends on this copy), threads_cpu_s (CPU seconds per thread name at exit, e.g.
+``msgr-worker-2``: librados' messenger, ``io_context_pool``: librbd, ``zsagent-md5``: the hasher);
+ceiling: hash_cpu_s (CPU time of the hashing thread's loop alone); many: per job also ``stalls_s``, the
+longest time the job went without progress while it ran.
 
 File copies to a qcow2 stream pass hash_content=False, as the service does when no destination is raw.
 """
@@ -43,10 +49,49 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def result_of(copy_result, seconds: float, **extra) -> dict:
+def threads_cpu_s() -> dict[str, float]:
+    """CPU seconds (user+sys) of this process' live threads, summed per thread name (/proc/self/task)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[name] = round(out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick, 2)
+    return dict(sorted(out.items(), key=lambda item: -item[1]))
+
+
+class Timed:
+    """The timed window of one copy: wall seconds and the process' CPU seconds (all threads)."""
+
+    def __enter__(self) -> Timed:
+        self.start_threads = threads_cpu_s()
+        self.start_s, self.start_cpu_s = time.perf_counter(), cpu_seconds()
+        return self
+
+    def stop(self) -> dict:
+        self.copy_cpu_s = cpu_seconds() - self.start_cpu_s
+        return {"seconds": time.perf_counter() - self.start_s, "copy_cpu_s": self.copy_cpu_s}
+
+    def threads(self) -> dict[str, float]:
+        """CPU seconds per thread name since the window started, for the threads alive now; the threads that
+        ended meanwhile (the pipeline's read workers and hasher) are summed as ``ended threads``."""
+        now = threads_cpu_s()
+        out = {name: round(cpu_s - self.start_threads.get(name, 0.0), 2) for name, cpu_s in now.items()}
+        out = {name: cpu_s for name, cpu_s in out.items() if cpu_s >= 0.01}
+        out["ended threads"] = round(max(0.0, self.copy_cpu_s - sum(out.values())), 2)
+        return out
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def result_of(copy_result, timing: dict, **extra) -> dict:
     stats = copy_result.stats
     sink_md5 = [p.md5 for p in copy_result.published if p.md5]
-    return {"seconds": seconds, "md5": copy_result.md5, "size": copy_result.size,
+    return {**timing, "md5": copy_result.md5, "size": copy_result.size,
             "bytes_read": stats.bytes_read, "bytes_written": stats.bytes_written,
             "zero_bytes_skipped": stats.zero_bytes_skipped, "sink_md5": sink_md5[0] if sink_md5 else None,
             "actual_size": copy_result.published[0].actual_size if copy_result.published else None, **extra}
@@ -63,7 +108,7 @@ def run_rbd(spec: dict) -> dict:
     backend = open_backend(CephConfig(backend="rados", conf=spec["conf"], keyring=spec["keyring"]))
     rbd = backend.rbd
     config = PipelineConfig(chunk_bytes=spec["chunk_bytes"], depth=spec["depth"])
-    start = time.perf_counter()
+    timed = Timed().__enter__()
     cluster = backend.connect()
     try:
         src = cluster.open_ioctx(spec["pool"])
@@ -79,9 +124,10 @@ def run_rbd(spec: dict) -> dict:
                                   flatten=spec["mode"] == "flatten")]
         volume = Volume(spec["volume"], None, "ceph", size, pool=spec["pool"], image=spec["volume"], order=order)
         with open_source(volume, NO_JOURNAL, snapshot=spec["snapshot"], ceph=backend, cluster=cluster) as source:
-            result = run_copy(source, sinks, config)
-        seconds = time.perf_counter() - start
-        out = result_of(result, seconds, connect_s=connected - start)
+            result = run_copy(source, sinks, config, progress=spec.get("progress"))
+        timing = timed.stop()
+        timing["threads_cpu_s"] = timed.threads()  # before shutdown: librados' threads still exist
+        out = result_of(result, timing, connect_s=connected - timed.start_s)
         if sinks:
             rbd.RBD().remove(dst, spec["dest"])
         return out
@@ -92,11 +138,15 @@ def run_rbd(spec: dict) -> dict:
 def run_file(spec: dict) -> dict:
     from zsagent.copy.pipeline import PipelineConfig, run_copy
     from zsagent.sinks.raw_file import RawFileSink
+    from zsagent.sources.qcow2_file import open_qcow2_source
     from zsagent.sources.qemu_nbd import QemuNbdSource
 
     config = PipelineConfig(chunk_bytes=spec["chunk_bytes"], depth=spec["depth"])
-    start = time.perf_counter()
-    source = QemuNbdSource(spec["path"], spec.get("format", "qcow2"), connections=spec["depth"])  # as the service
+    timed = Timed().__enter__()
+    if spec.get("reader") == "qemu-nbd":  # the reader before the direct one, for comparison
+        source = QemuNbdSource(spec["path"], spec.get("format", "qcow2"), connections=spec["depth"])
+    else:  # as the service opens a stopped qcow2 volume
+        source = open_qcow2_source(spec["path"], connections=spec["depth"])
     try:
         if spec["sink"].startswith("qemu-img"):  # the qemu-img engine, as the service runs it
             from zsagent.qemu_img import ConvertOptions
@@ -105,8 +155,7 @@ def run_file(spec: dict) -> dict:
 
             options = ConvertOptions(compression="zstd" if spec["sink"] == "qemu-img-zstd" else None)
             result = transfer(source, [], [ConvertedFile(spec["dest"], options, config)], config)
-            seconds = time.perf_counter() - start
-            return finish_file(spec, result_of(result, seconds))
+            return finish_file(spec, result_of(result, timed.stop()))
         if spec["sink"] == "raw":
             sink = RawFileSink(spec["dest"])
         else:
@@ -115,11 +164,10 @@ def run_file(spec: dict) -> dict:
 
             sink = Qcow2StreamSink(FileStreamTarget(spec["dest"]))
         # as the service: the content md5 only when some destination is raw (qcow2 hashes its own bytes)
-        result = run_copy(source, [sink], config, hash_content=spec["sink"] == "raw")
+        result = run_copy(source, [sink], config, hash_content=spec["sink"] == "raw", progress=spec.get("progress"))
     finally:
         source.close()
-    seconds = time.perf_counter() - start
-    return finish_file(spec, result_of(result, seconds))
+    return finish_file(spec, result_of(result, timed.stop()))
 
 
 def finish_file(spec: dict, out: dict) -> dict:
@@ -133,13 +181,15 @@ def run_ceiling(spec: dict) -> dict:
     if spec["impl"] == "native":
         from zsagent._md5 import MD5
 
-        md5 = MD5()
+        from zsagent.copy.md5 import choose
+
+        md5 = MD5(kernel=choose().kernel)  # the kernel the pipeline uses (ZSAGENT_MD5 from bench/run.py)
     else:
         import hashlib
 
         md5 = hashlib.md5()
     total = spec["bytes"]
-    start = time.perf_counter()
+    start, start_cpu_s = time.perf_counter(), time.thread_time()
     done = 0
     while done < total:
         n = min(4 * MiB, total - done)
@@ -147,29 +197,39 @@ def run_ceiling(spec: dict) -> dict:
         md5.update(buffer[at:at + n])
         done += n
     md5.digest()
-    return {"seconds": time.perf_counter() - start, "bytes": total}
+    return {"seconds": time.perf_counter() - start, "hash_cpu_s": time.thread_time() - start_cpu_s, "bytes": total,
+            "impl": f"native({md5.kernel})" if spec["impl"] == "native" else "hashlib"}
 
 
 def run_many(spec: dict) -> dict:
+    """Every job at once, a thread each; per job its result and ``stalls_s``: the longest time it went without
+    a progress callback (or without starting, or finishing) while it was running."""
     results: list[dict | None] = [None] * len(spec["jobs"])
     errors: list[BaseException] = []
+    marks: list[list[float]] = [[] for _ in spec["jobs"]]
 
     def work(i: int, job: dict) -> None:
         try:
-            results[i] = RUNNERS[job["kind"]](job)
+            marks[i].append(time.perf_counter())
+            results[i] = RUNNERS[job["kind"]]({**job, "progress": lambda done, total: marks[i].append(
+                time.perf_counter())})
+            marks[i].append(time.perf_counter())
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i, job)) for i, job in enumerate(spec["jobs"])]
-    start = time.perf_counter()
+    timed = Timed().__enter__()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - start
+    timing = timed.stop()
     if errors:
         raise errors[0]
-    return {"seconds": seconds, "jobs": results}
+    for result, times in zip(results, marks, strict=True):
+        gaps = [b - a for a, b in zip([timed.start_s, *times], times, strict=False)]
+        result["stalls_s"] = max(gaps, default=0.0)
+    return {**timing, "jobs": results}
 
 
 RUNNERS = {"rbd": run_rbd, "file": run_file, "ceiling": run_ceiling, "many": run_many}

@@ -16,7 +16,7 @@ from zsagent.copy import md5
 from zsagent.filemodes import private_dir
 from zsagent.jobs import JobManager
 from zsagent.service import TemplateService
-from zsagent.store import Store
+from zsagent.store import FrontRecords, Store
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,10 @@ def build_agent(config: Config) -> Agent:
     md5.choose(config.agent.data_dir)  # measured once per CPU and library version, before the first copy
     store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
     service = TemplateService(config, store)
-    interrupted = service.fail_interrupted()
+    front_jobs = lambda: {call.job_uuid for call in FrontRecords(store).calls()}  # noqa: E731 - `front` cleans its own
+    known_front = front_jobs()
+    interrupted = service.fail_interrupted(owns=lambda job_uuid: job_uuid not in known_front)
+    service.janitor.foreign = front_jobs
     if interrupted:
         log.warning("jobs interrupted by the last stop, now failed: %s", ", ".join(j.uuid for j in interrupted))
     jobs = JobManager(store, config.agent.job_retention_s, metrics=service.metrics)

@@ -32,8 +32,33 @@ def run_checks(config: Config) -> list[Finding]:
         runtime.close()
     findings += list(_qemu_img_engine(config))
     findings += list(_leftovers(config))
+    findings += list(front_upstream(config))
     findings.append(md5_finding(config.agent.data_dir))
     return list(dict.fromkeys(findings))  # a pool both primary and backup storage is said once
+
+
+def front_upstream(config: Config) -> Iterator[Finding]:
+    """In front mode: does ZStack's agent behind the front answer its echo (sync, empty body, no taskuuid:
+    [zs] CephPrimaryStorageMonBase.java echo, KVMConstant.java l.13-16)?"""
+    front = config.front
+    if not front.configured:
+        return
+    import httpx
+
+    path = "/ceph/primarystorage/echo" if front.fronts == "ceph" else "/host/echo"
+    url = front.upstream_url + path
+    try:
+        answer = httpx.post(url, content=b"", timeout=5)
+    except httpx.HTTPError as e:
+        yield (False, f"front: ZStack's agent at {url} does not answer: {type(e).__name__}: {e}",
+               "start ZStack's agent there (after a redeploy it may be back on the front's port) or correct "
+               "[front] upstream_url")
+        return
+    if 200 <= answer.status_code < 300:
+        yield (True, f"front: ZStack's agent answers its echo at {url}", "")
+    else:
+        yield (False, f"front: ZStack's agent at {url} answered its echo with HTTP {answer.status_code}",
+               "check that [front] upstream_url names ZStack's " + front.fronts + " agent")
 
 
 def _data_dir(config: Config) -> list[Finding]:

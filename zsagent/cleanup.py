@@ -49,11 +49,21 @@ def _virt(kind: str) -> Remover:
     return lambda spec, runtime: undo_step(kind, spec)
 
 
+MANAGED_KIND = "zstack-managed"
+"""A template made for a ZStack management node's command (zsagent.front): ZStack owns and deletes it;
+deleting our record of it leaves it in place."""
+
+
+def _managed(spec: dict[str, Any], runtime: Runtime) -> None:
+    """Nothing to do: the management node deletes its templates through its own backup-storage agents."""
+
+
 REMOVERS: dict[str, Remover] = {
     **{name: kind.remove for name, kind in KINDS.items()},
     SNAPSHOT_KIND: _snapshot,
     SPOOL_KIND: _spool,
     TEMP_DIR_KIND: _temp_dir,
+    MANAGED_KIND: _managed,
     **{kind: _virt(kind) for kind in VIRT_KINDS},
 }
 
@@ -66,4 +76,4 @@ def remove(kind: str, spec: dict[str, Any], runtime: Runtime) -> None:
     remover(spec, runtime)
 
 
-__all__ = ["LEGACY_KINDS", "REMOVERS", "remove", "remove_file"]
+__all__ = ["LEGACY_KINDS", "MANAGED_KIND", "REMOVERS", "remove", "remove_file"]

@@ -90,6 +90,30 @@ def serve(config_path: str, log_format: str) -> None:
 
 
 @main.command()
+@config_option
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="One line per event on stderr, as text or JSON.")
+def front(config_path: str, log_format: str) -> None:
+    """Stand in front of ZStack's own Ceph or KVM agent (the [front] section; systemd's
+    zsagent-front.service runs this): template commands are done here, everything else is passed on.
+
+    \b
+    Example:
+      zsagent front --config /etc/zsagent/zsagent.toml
+    """
+    from zsagent.front.server import serve_front
+    from zsagent.logs import setup_logging
+
+    setup_logging(log_format)
+    config = load_or_exit(config_path)
+    if not config.front.configured:
+        click.echo(f"zsagent: bad configuration: {config.source}: front: fronts and upstream_url are required "
+                   "for `zsagent front`", err=True)
+        sys.exit(EXIT_USAGE)
+    sys.exit(serve_front(config))
+
+
+@main.command()
 @click.argument("volume_uuid")
 @click.option("--to", "backup_storages", multiple=True, metavar="BS_UUID",
               help="Backup storage uuid (repeat for several; default: the configured default).")

@@ -33,7 +33,9 @@ class AgentSettings:
     ``<data_dir>/spool``); it needs room for the largest such template; cleanup_wait_s: how long a new
     request waits for what an earlier attempt on its volume left to be removed (e.g. while Ceph still
     holds a crashed agent's watch on an image, up to 30 s) before it fails. tls_cert_file / tls_key_file:
-    PEM files; both set: the API is served over HTTPS (one without the other is a configuration error)."""
+    PEM files; both set: the API is served over HTTPS (one without the other is a configuration error).
+    max_body_bytes: the largest request body the HTTP API reads, larger ones are refused with 413
+    (zsagent.api.body_limit)."""
 
     listen: str = "127.0.0.1:7762"
     data_dir: str = "/var/lib/zsagent"
@@ -44,6 +46,7 @@ class AgentSettings:
     cleanup_wait_s: int = 90
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    max_body_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -109,15 +112,61 @@ class VirtSettings:
     freeze_timeout_s: int = 30
 
 
+FRONTS = ("ceph", "kvm")
+"""The agents `zsagent front` can stand in front of: ZStack's Ceph primary-storage agent (7762) or kvmagent
+(7070, local and NFS primary storage)."""
+
+
+@dataclass(frozen=True)
+class FrontSettings:
+    """`zsagent front`: where the management node's agent commands arrive (zsagent.front).
+
+    fronts: which ZStack agent it stands in front of, "ceph" or "kvm" (what it takes over follows);
+    listen: "host:port" the management node sends to (see README "Behind an unmodified ZStack management
+    node"); upstream_url: ZStack's own agent, which gets every other command byte for byte;
+    upstream_timeout_s: longest wait for that agent's answer (the management node waits 300 s);
+    known_hosts / accept_new_host_keys: host keys of the SFTP backup storages the commands name (their
+    hostname and port); intent_ttl_s: how long a local/NFS ``createtemplate`` waits for its upload before
+    it is forgotten; callback_retry_s: how long a result is offered to the management node (ZStack's
+    agents: 60 s); data_dir: its store and job state (empty: ``<agent.data_dir>``, shared with `serve`)."""
+
+    fronts: str = ""
+    listen: str = "0.0.0.0:7764"
+    upstream_url: str = ""
+    upstream_timeout_s: int = 300
+    known_hosts: str = "/etc/zsagent/front_known_hosts"
+    accept_new_host_keys: bool = False
+    intent_ttl_s: int = 3600
+    callback_retry_s: int = 60
+    data_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.fronts and self.fronts not in FRONTS:
+            raise ValueError(f"fronts: {self.fronts!r} is not one of {', '.join(FRONTS)}")
+        if self.upstream_url and not re.match(r"^https?://[^/\s]+$", self.upstream_url):
+            raise ValueError(f"upstream_url: {self.upstream_url!r} is not http://host:port (no path)")
+        for name in ("upstream_timeout_s", "intent_ttl_s", "callback_retry_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.fronts and self.upstream_url)
+
+
 @dataclass(frozen=True)
 class PrimaryStorage:
     """Where volumes live: Ceph pools (image named by the volume uuid) or a file root in ZStack's
-    layout (``<path>/{dataVolumes,rootVolumes}/acct-<account>/vol-<uuid>/<uuid>.{qcow2,raw}``)."""
+    layout (``<path>/{dataVolumes,rootVolumes}/acct-<account>/vol-<uuid>/<uuid>.{qcow2,raw}``).
+
+    qcow2_reader: how a stopped qcow2 volume is read: "direct" (the agent reads the chain itself,
+    qemu-nbd only for what it does not handle) or "qemu-nbd" (always through qemu-nbd)."""
 
     uuid: str
     type: str  # "ceph" | "filesystem"
     pools: tuple[str, ...] = ()
     path: str | None = None
+    qcow2_reader: str = "direct"
 
 
 @dataclass(frozen=True)
@@ -143,6 +192,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     image: ImageDefaults = field(default_factory=ImageDefaults)
     virt: VirtSettings = field(default_factory=VirtSettings)
+    front: FrontSettings = field(default_factory=FrontSettings)
     primary_storage: tuple[PrimaryStorage, ...] = ()
     backup_storage: tuple[BackupStorage, ...] = ()
     source: str = "<defaults>"
@@ -153,6 +203,7 @@ class Config:
 
 _CHOICES = {
     ("primary_storage", "type"): ("ceph", "filesystem"),
+    ("primary_storage", "qcow2_reader"): ("direct", "qemu-nbd"),
     ("ceph", "backend"): ("rados", "fake"),
     ("auth", "unknown_volume_owner"): ("deny", "allow"),
 }
@@ -179,7 +230,7 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     """Check a parsed TOML document and build the Config."""
-    known = {"agent", "auth", "ceph", "pipeline", "image", "virt", "primary_storage", "backup_storage"}
+    known = {"agent", "auth", "ceph", "pipeline", "image", "virt", "front", "primary_storage", "backup_storage"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{source}: {key}: unknown section (expected one of {', '.join(sorted(known))})")
@@ -189,8 +240,12 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     pipeline = _section(raw, "pipeline", PipelineConfig, source)
     image = _section(raw, "image", ImageDefaults, source)
     virt = _section(raw, "virt", VirtSettings, source)
+    front = _section(raw, "front", FrontSettings, source)
     if agent.max_jobs < 1:
         raise ConfigError(f"{source}: agent.max_jobs: must be at least 1")
+    if agent.max_body_bytes < 64 * 1024:
+        raise ConfigError(f"{source}: agent.max_body_bytes: must be at least 65536 (a create call with long tags "
+                          "needs tens of KiB)")
     if ceph.backend == "fake" and not ceph.fake_root:
         raise ConfigError(f"{source}: ceph.fake_root: required when ceph.backend is \"fake\"")
     primaries = tuple(_storage(raw, "primary_storage", i, PrimaryStorage, source)
@@ -204,7 +259,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
             seen.add(item.uuid)
     if sum(bs.default for bs in backups) > 1:
         raise ConfigError(f"{source}: backup_storage.default: only one backup storage can be the default")
-    return Config(agent, auth, ceph, pipeline, image, virt, primaries, backups, source)
+    return Config(agent, auth, ceph, pipeline, image, virt, front, primaries, backups, source)
 
 
 def _section(raw: dict[str, Any], name: str, cls, source: str):

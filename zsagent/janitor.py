@@ -49,6 +49,7 @@ class Janitor:
         self.idle = threading.Event()  # set while nothing cleanable is pending
         self.before_first_sweep: Callable[[list[Artifact]], None] | None = None
         self._ended_here: set[str] = set()  # jobs of this process that are over, whatever the store says yet
+        self.foreign: Callable[[], set[str]] | None = None  # jobs another part cleans itself (`zsagent front`)
 
     # -- background -------------------------------------------------------------------------------
 
@@ -95,7 +96,7 @@ class Janitor:
     def cleanable(self) -> list[Artifact]:
         """Journalled artifacts of jobs that are over."""
         artifacts = self.store.artifacts()
-        active = self.active()
+        active = self.active() | (self.foreign() if self.foreign is not None and artifacts else set())
         states: dict[str, str | None] = {}
         found = []
         for artifact in artifacts:

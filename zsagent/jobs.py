@@ -50,7 +50,8 @@ class Job:
     copy is (zsagent.virt); webhook: where the result is POSTed; webhook_body: makes the web hook's body
     from ``body`` (the API adds ZStack's schema map there when the request asked for it); timeout_s: the
     API timeout (None: none); done: set once ``body`` (the answer) is there; finished_epoch: when, in
-    seconds since 1970.
+    seconds since 1970; on_done: called with the job once it is finished and stored (e.g. the management
+    node's callback, zsagent.front).
     """
 
     uuid: str = field(default_factory=lambda: uuidlib.uuid4().hex)
@@ -70,6 +71,7 @@ class Job:
     body: dict[str, Any] | None = None
     finished_epoch: float | None = None
     on_state: Callable[[JobState], None] | None = field(default=None, repr=False)
+    on_done: Callable[[Job], None] | None = field(default=None, repr=False)
     account_uuid: str | None = None
     readable_by_uuid: bool = False
 
@@ -204,6 +206,11 @@ class JobManager:
         log.info("job %s finished: %s", job.uuid, outcome)
         if job.webhook:
             self._post_webhook(job)
+        if job.on_done is not None:
+            try:
+                job.on_done(job)
+            except Exception:  # noqa: BLE001 - the job is finished and stored whatever its listener does
+                log.exception("job %s: its completion listener failed", job.uuid)
         with self._lock:
             self._threads.discard(threading.current_thread())
 

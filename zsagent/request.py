@@ -1,11 +1,18 @@
 """The CreateDataVolumeTemplateFromVolume request, checked by ZStack's rules.
 
-Strings are trimmed; ``name`` is required (empty allowed) and at most NAME_MAX_CHARS characters;
-``description`` at most DESCRIPTION_MAX_CHARS; uuids match UUID_PATTERN (32 lowercase hex digits);
+Strings are trimmed as Java trims them (ZStack's APIMessage.validate: leading and trailing characters up
+to U+0020, control characters included, and nothing else); ``name`` is required (empty allowed) and at most
+NAME_MAX_CHARS long, ``description`` at most DESCRIPTION_MAX_CHARS, both counted in UTF-16 code units as
+Java's String.length() counts them (a character outside the BMP counts 2); every other character, control
+characters and any script, is kept exactly. Uuids match UUID_PATTERN (32 lowercase hex digits);
 ``resourceUuid`` must also match ZStack's uuid pattern; ``backupStorageUuids`` omitted means
 "choose", ``[]`` or null elements are invalid; ``systemTags`` and ``userTags`` are read at the top level
 and inside ``params`` (where ZStack's SDK puts them), merged; each system tag must match one of
-SYSTEM_TAGS; ``userTags`` and ``tagUuids`` are kept as given.
+SYSTEM_TAGS, and a system tag that takes a value takes one (two ``template::format::`` tags are
+invalid); ``userTags`` and ``tagUuids`` are kept as given. Keys the call does not have are invalid
+(ZStack's Gson drops them silently; here a typo is told), except ``requestIp``, which ZStack's Java SDK
+puts in ``params`` when it is set (sdk/.../ZSClient.java l.486-500) and which is ignored. The body
+itself is read by zsagent.json_input (too deep, not UTF-8 or holding lone surrogates: SYS.1007).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zsagent.errors import invalid
+from zsagent.json_input import check_text, load_json
 
 #: Limits on the trimmed strings, in characters; the OpenAPI schema (zsagent.api.app) is built from them too.
 NAME_MAX_CHARS = 255
@@ -24,7 +32,6 @@ DESCRIPTION_MAX_CHARS = 2048
 #: A uuid as ZStack writes it: 32 lowercase hex digits, no dashes.
 UUID_PATTERN = r"^[0-9a-f]{32}$"
 UUID_RE = re.compile(UUID_PATTERN)
-RESOURCE_UUID_RE = re.compile(r"^[0-9a-f]{8}[0-9a-f]{4}[1-5][0-9a-f]{3}[89ab][0-9a-f]{3}[0-9a-f]{12}$")
 
 # The system tags this agent understands: pattern -> what it does.
 SYSTEM_TAGS = {
@@ -38,7 +45,22 @@ SYSTEM_TAGS = {
                               "without a guest agent the request fails (SYS.1006) instead of copying "
                               "crash-consistently",
 }
-_SYSTEM_TAG_RES = [re.compile(f"^{p}$") for p in SYSTEM_TAGS]
+_SYSTEM_TAG_RES = [re.compile(p) for p in SYSTEM_TAGS]
+#: One system tag this agent understands, as one pattern (for the OpenAPI document).
+SYSTEM_TAG_PATTERN = "^(" + "|".join(SYSTEM_TAGS) + ")$"
+RESOURCE_UUID_PATTERN = r"^[0-9a-f]{8}[0-9a-f]{4}[1-5][0-9a-f]{3}[89ab][0-9a-f]{3}[0-9a-f]{12}$"
+#: The tags above that carry a value after their last "::", by that prefix.
+_VALUED_TAG_PREFIXES = ("ceph::copyMode", "template::format", "template::compression", "sftp::bandwidth")
+
+#: The keys a body may have, at the top and in ``params``.
+BODY_KEYS = ("params", "systemTags", "userTags")
+PARAMS_KEYS = ("name", "description", "volumeUuid", "backupStorageUuids", "resourceUuid", "tagUuids",
+               "systemTags", "userTags")
+_IGNORED_PARAMS_KEYS = ("requestIp",)
+
+#: Java's String.trim(): every character up to U+0020 (APIMessage.validate, header/src/main/java/org/zstack/
+#: header/message/APIMessage.java l.218-220).
+_JAVA_TRIMMED = "".join(map(chr, range(0x21)))
 
 
 @dataclass(frozen=True)
@@ -72,22 +94,22 @@ def parse_body(raw: bytes | str | dict, path_volume_uuid: str | None = None) -> 
     """Parse and check a request body; the path's volumeUuid wins over the body's."""
     if isinstance(raw, dict):
         body = raw
+        check_text(body)
     else:
-        try:
-            body = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise invalid(f"the request body is not valid JSON: {e}") from None
+        body = load_json(raw or b"{}")
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
     params = body.get("params")
     if not isinstance(params, dict):
         raise invalid("field 'params' is required and must be an object")
+    _known_keys(body, BODY_KEYS, "the request body")
+    _known_keys(params, PARAMS_KEYS + _IGNORED_PARAMS_KEYS, "params")
 
     name = _string(params, "name", required=True, max_length=NAME_MAX_CHARS)
     description = _string(params, "description", max_length=DESCRIPTION_MAX_CHARS)
     volume_uuid = path_volume_uuid if path_volume_uuid is not None else _string(params, "volumeUuid",
                                                                                  required=True)
-    volume_uuid = _uuid(volume_uuid.strip(), "volumeUuid")
+    volume_uuid = _uuid(java_trim(volume_uuid), "volumeUuid")
     bs = params.get("backupStorageUuids")
     if bs is not None:
         bs = _string_list(params, "backupStorageUuids")
@@ -95,15 +117,19 @@ def parse_body(raw: bytes | str | dict, path_volume_uuid: str | None = None) -> 
             raise invalid("field 'backupStorageUuids' must not be empty; omit it to let the agent choose")
         bs = tuple(dict.fromkeys(_uuid(u, "backupStorageUuids") for u in bs))
     resource_uuid = _string(params, "resourceUuid")
-    if resource_uuid is not None and not RESOURCE_UUID_RE.match(resource_uuid):
+    if resource_uuid is not None and not re.fullmatch(RESOURCE_UUID_PATTERN, resource_uuid):
         raise invalid(f"field 'resourceUuid' {resource_uuid!r} is not a valid ZStack uuid "
                       "(32 lowercase hex digits, version 1-5, variant 8-b)")
     tag_uuids = tuple(_uuid(u, "tagUuids") for u in _string_list(params, "tagUuids"))
     system_tags = _tags(body, params, "systemTags")
     for tag in system_tags:
-        if not any(r.match(tag) for r in _SYSTEM_TAG_RES):
+        if not any(r.fullmatch(tag) for r in _SYSTEM_TAG_RES):
             raise invalid(f"system tag {tag!r} is not supported; supported patterns: "
                           + ", ".join(SYSTEM_TAGS))
+    for prefix in _VALUED_TAG_PREFIXES:
+        values = [t for t in system_tags if t.startswith(prefix + "::")]
+        if len(values) > 1:
+            raise invalid(f"system tags {values!r} conflict: give {prefix}::<value> once")
     user_tags = _tags(body, params, "userTags")
     request = CreateRequest(name, description, volume_uuid, bs, resource_uuid or None, tag_uuids,
                             tuple(system_tags), tuple(user_tags))
@@ -136,10 +162,27 @@ def _string(obj: dict[str, Any], key: str, required: bool = False, max_length: i
         return None
     if not isinstance(value, str):
         raise invalid(f"field '{key}' must be a string, not {_json_type(value)}")
-    value = value.strip()
-    if max_length is not None and len(value) > max_length:
-        raise invalid(f"field '{key}' is {len(value)} characters long; the limit is {max_length}")
+    value = java_trim(value)
+    if max_length is not None and (length := java_length(value)) > max_length:
+        raise invalid(f"field '{key}' is {length} characters long (UTF-16 code units); the limit is {max_length}")
     return value
+
+
+def java_trim(text: str) -> str:
+    """``text`` as Java's String.trim() leaves it."""
+    return text.strip(_JAVA_TRIMMED)
+
+
+def java_length(text: str) -> int:
+    """Java's String.length(): UTF-16 code units (ApiMessageParamValidator.java l.29-33 compares it)."""
+    return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
+
+
+def _known_keys(obj: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = [k for k in obj if k not in known]
+    if unknown:
+        raise invalid(f"{where} has unknown field(s) {', '.join(map(repr, unknown))}; "
+                      f"the fields are {', '.join(k for k in known if k not in _IGNORED_PARAMS_KEYS)}")
 
 
 def _string_list(obj: dict[str, Any], key: str, field: str | None = None) -> list[str]:
@@ -154,11 +197,11 @@ def _string_list(obj: dict[str, Any], key: str, field: str | None = None) -> lis
             raise invalid(f"field '{key}' must not contain null")
         if not isinstance(item, str):
             raise invalid(f"field '{key}' must contain only strings, not {_json_type(item)}")
-    return [item.strip() for item in value]
+    return [java_trim(item) for item in value]
 
 
 def _uuid(value: str, key: str) -> str:
-    if not UUID_RE.match(value):
+    if not UUID_RE.fullmatch(value):
         raise invalid(f"field '{key}': {value!r} is not a uuid (32 lowercase hex digits)")
     return value
 

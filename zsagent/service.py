@@ -14,6 +14,8 @@ import logging
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from zsagent import cleanup, errors, faults
@@ -43,6 +45,26 @@ log = logging.getLogger(__name__)
 
 INTERRUPTED = ErrorCode(errors.OPERATION_FAILURE, "agent restarted during copy")
 """How a job that a restart ended fails."""
+
+
+@dataclass(frozen=True)
+class PathCopy:
+    """A copy whose source and destination a management node's agent command names by path (zsagent.front).
+
+    volume: the volume, found by the catalog; snapshot: the RBD snapshot to read, which exists already and
+    is not ours (neither taken nor removed; None for file volumes); image_uuid, account_uuid, name,
+    description: the image record; destination: makes the one Destination from the template job, the
+    journal scope its sink records into, and the job's journal (for what belongs to the job itself, e.g.
+    a key file: removed with the job's leftovers, after the destination's).
+    """
+
+    volume: Volume
+    image_uuid: str
+    account_uuid: str
+    name: str
+    description: str | None
+    destination: Callable[[TemplateJob, JournalScope, JobJournal], Destination]
+    snapshot: str | None = None
 
 
 class TemplateService:
@@ -127,6 +149,36 @@ class TemplateService:
             with self._create_guard:
                 self._claimed.discard(image_uuid)
 
+    def create_at(self, order: PathCopy, job: Job | None = None) -> dict[str, Any]:
+        """The entry for commands that name paths (zsagent.front): the same admission, journal, copy,
+        record and cleanup as ``create_template``; returns the ImageInventory or raises ZsError."""
+        job = job or Job()
+        volume = order.volume
+        request = CreateRequest(order.name, order.description, volume.uuid, None, order.image_uuid, (), (), ())
+        # The management node owns these templates and deletes them itself: a record of the same uuid is
+        # of one it has deleted since; the copy still never overwrites a template that is there.
+        with self._create_guard:
+            if order.image_uuid not in self._claimed:
+                self.store.delete_image(order.image_uuid)
+        existing = self._claim(order.image_uuid, request, order.account_uuid)
+        if existing is not None:
+            job.phase = "done"
+            return existing
+        self.metrics.queued.inc()
+        queued = True
+        try:
+            with self.admission.volume(volume.uuid), self.admission.slot(job.cancel, lambda: job.cancel_reason):
+                self.metrics.queued.dec()
+                queued = False
+                job.set_state(JobState.RUNNING)
+                with self.metrics.running.track_inprogress():
+                    return self._run(request, order.account_uuid, volume, [], order.image_uuid, job, order)
+        finally:
+            if queued:
+                self.metrics.queued.dec()
+            with self._create_guard:
+                self._claimed.discard(order.image_uuid)
+
     def _claim(self, image_uuid: str, request: CreateRequest, account_uuid: str) -> dict[str, Any] | None:
         """Idempotency: the same resourceUuid with the same parameters returns the existing image, to its
         own account (or the admin); to another it is a uuid in use, as a different request's is."""
@@ -158,11 +210,11 @@ class TemplateService:
                                       f"has room for {volume.size} bytes")
 
     def _run(self, request: CreateRequest, account_uuid: str, volume: Volume, storages: list[BackupStorage],
-             image_uuid: str, job: Job) -> dict[str, Any]:
+             image_uuid: str, job: Job, order: PathCopy | None = None) -> dict[str, Any]:
         with self._active_lock:
             self._active.add(job.uuid)
         try:
-            return self._run_active(request, account_uuid, volume, storages, image_uuid, job)
+            return self._run_active(request, account_uuid, volume, storages, image_uuid, job, order)
         finally:
             with self._active_lock:
                 self._active.discard(job.uuid)
@@ -170,25 +222,30 @@ class TemplateService:
                 self.janitor.wake(job.uuid)  # what this job could not remove is retried in the background
 
     def _run_active(self, request: CreateRequest, account_uuid: str, volume: Volume,
-                    storages: list[BackupStorage], image_uuid: str, job: Job) -> dict[str, Any]:
+                    storages: list[BackupStorage], image_uuid: str, job: Job,
+                    order: PathCopy | None = None) -> dict[str, Any]:
         journal = JobJournal(self.store, job.uuid, volume.uuid, image_uuid)
         tags = TemplateTags(mode=request.system_tag("ceph::copyMode"), format=request.system_tag("template::format"),
                             compression=request.system_tag("template::compression"),
                             bandwidth=request.system_tag("sftp::bandwidth"))
         template = TemplateJob(volume, image_uuid, account_uuid, tags,
-                               snapshot=image_uuid if volume.kind == "ceph" else None,
+                               snapshot=(order.snapshot if order else image_uuid) if volume.kind == "ceph" else None,
                                pipeline=self.config.pipeline, spool_dir=self.config.agent.spool_path)
         where = {"job": job.uuid, "image": image_uuid, "volume": volume.uuid}
         job.phase, job.bytes_total = "snapshot", volume.size
         destinations: list[Destination] = []
         try:
-            destinations = self._destinations(storages, template, journal, job)
+            if order is None:
+                destinations = self._destinations(storages, template, journal, job)
+            else:
+                destinations = [self._order_destination(order, template, journal)]
             log.info("job %s: copying volume %s (%d bytes) into image %s on %s", job.uuid, volume.uuid, volume.size,
                      image_uuid, [d.install_path for d in destinations], extra=where)
             started = time.monotonic()
             source_journal = journal.scope()
             result = self._copy(template, destinations, source_journal, job,
-                                require_quiesce=request.system_tag("consistency") == "quiesced")
+                                require_quiesce=request.system_tag("consistency") == "quiesced",
+                                existing_snapshot=order is not None)
             self._count(result, time.monotonic() - started)
             job.phase = "publishing"
             inventory = self._record(request, template, destinations, result, source_journal, job)
@@ -231,8 +288,20 @@ class TemplateService:
             raise _all_failed(template.volume.uuid, [e["error"] for e in job.errors])
         return destinations
 
+    @staticmethod
+    def _order_destination(order: PathCopy, template: TemplateJob, journal: JobJournal) -> Destination:
+        scope = journal.scope()
+        try:
+            dest = order.destination(template, scope, journal)
+        except ZsError:
+            raise
+        except (ValueError, OSError) as e:
+            raise errors.operation_failed(f"cannot prepare the template's destination: {e}") from e
+        dest.journal = scope
+        return dest
+
     def _copy(self, template: TemplateJob, destinations: list[Destination], journal: JournalScope, job: Job,
-              require_quiesce: bool = False) -> CopyResult:
+              require_quiesce: bool = False, existing_snapshot: bool = False) -> CopyResult:
         volume = template.volume
         sinks = [d.sink for d in destinations if d.sink is not None]
         converters = [d.converter for d in destinations if d.converter is not None]
@@ -252,7 +321,8 @@ class TemplateService:
         try:
             with open_source(volume, journal, snapshot=template.snapshot, ceph=self.ceph,
                              cluster=self.cluster if volume.kind == "ceph" else None,
-                             qemu_input=self._rbd_qemu_input(template), virt=options, on_report=on_report) as source:
+                             qemu_input=self._rbd_qemu_input(template), virt=options, on_report=on_report,
+                             existing_snapshot=existing_snapshot) as source:
                 faults.hit("snapshot-taken")
                 return transfer(source, sinks, converters, self.config.pipeline, progress=progress,
                                 cancel=job.cancel, hash_content=hash_content)
@@ -343,21 +413,24 @@ class TemplateService:
         for artifact in reversed(self.store.artifacts(job_uuid)):
             self.janitor.remove(artifact)
 
-    def fail_interrupted(self) -> list[JobRecord]:
+    def fail_interrupted(self, owns: Callable[[str], bool] | None = None) -> list[JobRecord]:
         """After a restart: jobs that were queued or running failed (SYS.1006 "agent restarted during
-        copy"); returns them as they are stored now (with their web hooks)."""
+        copy"); returns them as they are stored now (with their web hooks). ``owns``: which jobs are this
+        process's (`serve` and `front` may share a store); None: all."""
         interrupted = []
         for job in self.store.unfinished_jobs():
+            if owns is not None and not owns(job.uuid):
+                continue
             self.store.finish_job(job.uuid, JobState.FAILED, 503, {"error": INTERRUPTED.to_json()})
             interrupted.append(self.store.get_job(job.uuid))
         return [j for j in interrupted if j is not None]
 
-    def reconcile(self) -> list[str]:
+    def reconcile(self, owns: Callable[[str], bool] | None = None) -> list[str]:
         """After a restart, at once: fail interrupted jobs and try once to remove what they left behind,
-        including a template published but never recorded (its client never got a success). The daemon
-        does the removal in the background instead (``janitor``)."""
-        interrupted = [job.uuid for job in self.fail_interrupted()]
-        self.janitor.sweep(lambda artifact: True, force=True)
+        including a template published but never recorded (its client never got a success); ``owns`` as
+        for fail_interrupted. The daemon does the removal in the background instead (``janitor``)."""
+        interrupted = [job.uuid for job in self.fail_interrupted(owns)]
+        self.janitor.sweep(lambda artifact: owns is None or owns(artifact.job_uuid), force=True)
         return interrupted
 
     def get_image(self, image_uuid: str, account_uuid: str | None = None) -> dict[str, Any]:

@@ -54,6 +54,19 @@ CREATE TABLE IF NOT EXISTS journal (
     attempts     INTEGER NOT NULL DEFAULT 0,  -- failed removals so far
     last_error   TEXT             -- why the last removal failed
 );
+CREATE TABLE IF NOT EXISTS front_calls (
+    job_uuid     TEXT PRIMARY KEY,  -- a job of `zsagent front` (zsagent.front): the MN waits for its result
+    task_uuid    TEXT NOT NULL,     -- the MN's taskuuid header
+    callback_url TEXT NOT NULL,     -- the MN's callbackurl header
+    path         TEXT NOT NULL,     -- the command's path
+    expires_s    REAL NOT NULL      -- when the MN stops waiting (its deadline), seconds since 1970
+);
+CREATE TABLE IF NOT EXISTS front_intents (
+    install_path TEXT PRIMARY KEY,  -- the temp template path a local/NFS createtemplate named
+    api_id       TEXT,              -- threadContext.api of the command
+    spec         TEXT NOT NULL,     -- volume, planned layout, state (JSON; zsagent.front.intents)
+    expires_s    REAL NOT NULL
+);
 """
 
 _ADDED_COLUMNS = {
@@ -241,6 +254,67 @@ class Store:
                                         (job_uuid,)).fetchall()
         return [Artifact(r["id"], r["job_uuid"], r["kind"], json.loads(r["spec"]), r["volume_uuid"],
                          r["image_uuid"], r["created_s"], r["attempts"], r["last_error"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class FrontCall:
+    """A management-node command `zsagent front` took over and has not answered yet."""
+
+    job_uuid: str
+    task_uuid: str
+    callback_url: str
+    path: str
+    expires_epoch: float
+
+
+class FrontRecords:
+    """The front's rows in the store: calls the management node waits for, and local/NFS intents."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def add_call(self, call: FrontCall) -> None:
+        with self.store._tx() as db:
+            db.execute("INSERT INTO front_calls VALUES (?,?,?,?,?)",
+                       (call.job_uuid, call.task_uuid, call.callback_url, call.path, call.expires_epoch))
+
+    def calls(self) -> list[FrontCall]:
+        with self.store._lock:
+            rows = self.store._db.execute("SELECT * FROM front_calls").fetchall()
+        return [FrontCall(r["job_uuid"], r["task_uuid"], r["callback_url"], r["path"], r["expires_s"]) for r in rows]
+
+    def forget_call(self, job_uuid: str) -> None:
+        with self.store._tx() as db:
+            db.execute("DELETE FROM front_calls WHERE job_uuid=?", (job_uuid,))
+
+    def put_intent(self, install_path: str, api_id: str | None, spec: dict[str, Any], expires_epoch: float) -> None:
+        with self.store._tx() as db:
+            db.execute("INSERT OR REPLACE INTO front_intents VALUES (?,?,?,?)",
+                       (install_path, api_id, json.dumps(spec, sort_keys=True), expires_epoch))
+
+    def intent(self, install_path: str) -> dict[str, Any] | None:
+        with self.store._lock:
+            row = self.store._db.execute("SELECT * FROM front_intents WHERE install_path=? AND expires_s>=?",
+                                         (install_path, time.time())).fetchone()
+        return json.loads(row["spec"]) if row else None
+
+    def intents_of_api(self, api_id: str) -> list[str]:
+        with self.store._lock:
+            rows = self.store._db.execute("SELECT install_path FROM front_intents WHERE api_id=?",
+                                          (api_id,)).fetchall()
+        return [r["install_path"] for r in rows]
+
+    def forget_intent(self, install_path: str) -> bool:
+        with self.store._tx() as db:
+            return db.execute("DELETE FROM front_intents WHERE install_path=?", (install_path,)).rowcount > 0
+
+    def expire_intents(self, now_epoch: float | None = None) -> list[str]:
+        """Forget the intents whose upload never came; returns their paths."""
+        now = time.time() if now_epoch is None else now_epoch
+        with self.store._tx() as db:
+            rows = db.execute("SELECT install_path FROM front_intents WHERE expires_s<?", (now,)).fetchall()
+            db.execute("DELETE FROM front_intents WHERE expires_s<?", (now,))
+        return [r["install_path"] for r in rows]
 
 
 def _image(row: sqlite3.Row) -> ImageRecord:

@@ -116,7 +116,7 @@ def site(tmp_path):
 def test_every_command_has_help_with_an_example():
     runner = CliRunner()
     for args in ([], ["serve"], ["copy"], ["images"], ["images", "list"], ["images", "show"],
-                 ["images", "delete"], ["volumes"], ["check"]):
+                 ["images", "delete"], ["volumes"], ["check"], ["front"]):
         result = runner.invoke(main, [*args, "--help"])
         assert result.exit_code == 0, result.output
         assert "Example" in result.output or "example" in result.output.lower()

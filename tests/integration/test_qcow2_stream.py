@@ -16,6 +16,7 @@ from zsagent.copy.pipeline import PipelineConfig, run_copy
 from zsagent.sinks.file_stream import FileStreamTarget
 from zsagent.sinks.qcow2_stream import QUEUE_CHUNKS, Qcow2StreamSink
 from zsagent.sinks.raw_file import RawFileSink
+from zsagent.sinks.write_behind import MAX_PIECES as WRITE_BEHIND_PIECES
 from zsagent.sources.qemu_nbd import QemuNbdSource
 from zsagent.sources.raw_file import RawFileSource
 
@@ -151,7 +152,7 @@ def test_the_pipeline_thread_never_writes_or_hashes(tmp_path):
         run_copy(source, [Qcow2StreamSink(Recording(tmp_path / "t.qcow2"))], SMALL)
     finally:
         source.close()
-    assert writers == {"zsagent-qcow2"}
+    assert writers == {"zsagent-qcow2-write"}  # the write-behind thread of the sink's writer
 
 
 def test_memory_stays_bounded_when_the_target_is_slow(tmp_path):
@@ -187,8 +188,9 @@ def test_memory_stays_bounded_when_the_target_is_slow(tmp_path):
         run_copy(source, [sink], SMALL)
     finally:
         source.close()
-    # read but not yet in the file: the pipeline's window, the sink's queue, the chunk being handed over
-    assert peak <= (depth + QUEUE_CHUNKS + 2) * chunk
+    # read but not yet in the file: the pipeline's window, the sink's queue, the pieces waiting for the
+    # write-behind thread (each at most a chunk), the chunk being handed over
+    assert peak <= (depth + QUEUE_CHUNKS + WRITE_BEHIND_PIECES + 2) * chunk
     assert written == sink.layout.file_size - sink.layout.data_offset == 4 * MiB
 
 

@@ -111,3 +111,62 @@ def test_targets_name_tools_that_run_py_measures():
              and any(isinstance(t, ast.Name) and t.id.startswith("T_") for t in node.targets)}
     for goal in targets.RATIO_TARGETS:
         assert goal.tool in names and goal.baseline in names, goal
+
+
+def _cpu_results(copy_cpu_s: list[float], hash_cpu_s: list[float]) -> dict:
+    """Dense copies with the agent's CPU of each copy window and the chosen (native) MD5's CPU, 2 GiB each."""
+    copies = [{"seconds": 5.0, "size": 2 * GiB, "copy_cpu_s": c, "hwm_kib": 1024,
+               "bytes_read": 2 * GiB} for c in copy_cpu_s]
+    ceilings = [{"seconds": 3.0, "bytes": 2 * GiB, "hash_cpu_s": h} for h in hash_cpu_s]
+    hashlib_ceilings = [{"seconds": 4.0, "bytes": 2 * GiB, "hash_cpu_s": 99.0} for _ in hash_cpu_s]
+    return {"host": {"cpu_model": "test CPU", "cores": 2, "native_md5": {"choice": "native(avx512)"}},
+            "volumes": {"dense": {"kind": "rbd", "size": 2 * GiB, "allocated": 2 * GiB}},
+            "raw": {"dense": {OURS_RBD: copies, targets.ZSTACK_RBD: _runs(10.0, 10.0),
+                              targets.CEILING_NATIVE: ceilings, targets.CEILING_HASHLIB: hashlib_ceilings}}}
+
+
+@pytest.mark.parametrize(("copy_cpu_s", "expected", "met"), [([4.2, 4.4], 1.4, True), ([5.6, 5.8], 1.9, False)])
+def test_the_agents_cpu_per_gib_is_drawn_against_the_chosen_md5s_with_its_upper_bound(copy_cpu_s, expected, met):
+    results = _cpu_results(copy_cpu_s, [3.0, 2.75])
+    ratios = sorted(c / h for c, h in zip(copy_cpu_s, [3.0, 2.75], strict=True))
+    assert sum(ratios) / 2 == pytest.approx(expected, abs=0.2)
+    panels = _panels(chart.render_chart(results))
+    (cpu_key,) = [k for k in panels if "MD5 CPU" in k[1]]
+    assert cpu_key[0] == "dense" and "native" in cpu_key[1]  # the chosen implementation, not hashlib
+    panel = panels[cpu_key]
+    (bar,) = _of(panel, "rect", "bar")
+    (axis,) = _of(panel, "line", "axis")
+    (one,) = _of(panel, "line", "baseline")
+    unit_px = float(one.get("x1")) - float(axis.get("x1"))
+    assert float(bar.get("width")) / unit_px == pytest.approx(sum(ratios) / 2, rel=1e-3)
+    (line,) = _of(panel, "line", "target")
+    assert float(line.get("data-goal")) == 1.5
+    assert line.get("stroke") == (chart.COLOUR_MET if met else chart.COLOUR_NOT_MET)
+    rows = report.build_rows(results["volumes"], results["raw"], targets.chosen_md5_ceiling(results["host"]))
+    items = {i["target"]: i for i in report.targets(rows, None, results["volumes"], results["raw"])}
+    (cpu_item,) = [i for name, i in items.items() if "agent CPU per GiB" in name]
+    assert cpu_item["value"] == pytest.approx(sum(ratios) / 2) and cpu_item["met"] is met
+    (row,) = [r for r in rows if r["tool"] == OURS_RBD]
+    assert row["agent_cpu_s_per_gib"] == pytest.approx(sum(copy_cpu_s) / 2 / 2)
+    assert "xMD5cpu" in report.render(rows, None)
+
+
+def test_results_without_cpu_figures_have_no_cpu_panel_and_the_target_is_not_measured():
+    results = _cpu_results([4.0], [3.0])
+    del results["raw"]["dense"][OURS_RBD][0]["copy_cpu_s"]
+    assert not [k for k in _panels(chart.render_chart(results)) if "MD5 CPU" in k[1]]
+    items = report.targets([], None, results["volumes"], results["raw"])
+    (cpu_item,) = [i for i in items if "agent CPU per GiB" in i["target"]]
+    assert cpu_item["value"] is None and cpu_item["met"] is False
+
+
+@pytest.mark.parametrize(("agent_cpu_ratio", "rss_mib", "stall_share", "met"), [
+    (1.02, 400.0, 0.05, [True, True, True]),
+    (1.30, 700.0, 0.40, [False, False, False]),
+])
+def test_the_concurrency_targets_are_cpu_per_gib_rss_and_stalls(agent_cpu_ratio, rss_mib, stall_share, met):
+    concurrent = {"agent_cpu_ratio": agent_cpu_ratio, "peak_rss_mib": rss_mib, "stall_share": stall_share,
+                  "speedup": 1.0}
+    items = [i for i in report.targets([], concurrent, {}, {}) if i["target"].startswith("4 concurrent")]
+    assert [i["met"] for i in items] == met
+    assert not any("aggregate vs one at a time" in i["target"] for i in items)  # the wall-time speedup is gone

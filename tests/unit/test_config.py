@@ -61,6 +61,8 @@ BAD = [
     (BS + 'type = "ceph"\npool = "a"\n' + BS + 'type = "ceph"\npool = "b"\n', "is used twice"),
     ('[[primary_storage]]\nuuid = "1b8ab68b7e224a30aa31f00f1db2b5a6"\ntype = "ceph"\npools = []\n',
      "primary_storage[0].pools: must be a non-empty list"),
+    ('[[primary_storage]]\nuuid = "1b8ab68b7e224a30aa31f00f1db2b5a6"\ntype = "filesystem"\npath = "/ps"\n'
+     'qcow2_reader = "nbd"\n', "primary_storage[0].qcow2_reader"),
     ("this is = not toml =", "not valid TOML"),
 ]
 

@@ -9,55 +9,26 @@ from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from zsagent import errors
+from zsagent.api import openapi, refusals
+from zsagent.api.body_limit import BodyLimit
 from zsagent.api.classic import add_classic_routes
+from zsagent.api.job_headers import api_timeout_s, check_job_uuid, check_web_hook
 from zsagent.api.query import run_query
+from zsagent.api.responses import JSONResponse
 from zsagent.api.schema import Kind, with_schema
 from zsagent.auth import Authenticator, Credentials
 from zsagent.errors import ErrorCode, RestRefusal, ZsError
 from zsagent.jobs import Job, JobManager
-from zsagent.request import DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS, UUID_PATTERN, parse_body
+from zsagent.request import parse_body
 from zsagent.service import TemplateService
 
 log = logging.getLogger(__name__)
 
 API = "/zstack/v1"
-
-_CREATE_BODY_SCHEMA = {
-    "type": "object",
-    "required": ["params"],
-    "properties": {
-        "params": {
-            "type": "object",
-            "required": ["name"],
-            "properties": {
-                "name": {"type": "string", "maxLength": NAME_MAX_CHARS},
-                "description": {"type": "string", "maxLength": DESCRIPTION_MAX_CHARS},
-                "volumeUuid": {"type": "string", "pattern": UUID_PATTERN},
-                "backupStorageUuids": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                "resourceUuid": {"type": "string"},
-                "tagUuids": {"type": "array", "items": {"type": "string"}},
-                "systemTags": {"type": "array", "items": {"type": "string"}},
-                "userTags": {"type": "array", "items": {"type": "string"}},
-            },
-        },
-        "systemTags": {"type": "array", "items": {"type": "string"}},
-        "userTags": {"type": "array", "items": {"type": "string"}},
-    },
-}
-
-
-_QUERY_PARAMETERS = [
-    {"name": "q", "in": "query", "required": False, "schema": {"type": "array", "items": {"type": "string"}},
-     "description": "<field><op><value>, ops = != > >= < <= ?= !?= ~= !~=, or '<field> is null|not null'"},
-    *({"name": name, "in": "query", "required": False, "schema": {"type": kind}}
-      for name, kind in (("limit", "integer"), ("start", "integer"), ("sort", "string"), ("count", "boolean"),
-                         ("replyWithCount", "boolean"), ("fields", "string"))),
-]
-"""What zsagent.api.query takes, for the OpenAPI document."""
 
 ASYNC_TIMEOUTS_S = {"create": 72 * 3600, "delete": 5 * 60}
 """ZStack's default API timeouts: 72 h for APICreateDataVolumeTemplateFromVolumeMsg
@@ -82,13 +53,18 @@ def _owner_of(auth: Authenticator, credentials: Credentials) -> str | None:
 
 def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) -> FastAPI:
     """``auth`` tells who calls (zsagent.auth.Authenticator)."""
-    app = FastAPI(title="zsagent", version="0.1.0",
+    app = FastAPI(title="zsagent", version="0.1.0", default_response_class=JSONResponse,
                   description="ZStack data volume templates from Ceph and file volumes")
     app.state.accepting = True  # False while the daemon drains on shutdown
+    app.add_middleware(BodyLimit, max_bytes=service.config.agent.max_body_bytes)
+    refusals.install(app)
+    openapi.install(app)
 
     @app.exception_handler(ZsError)
     async def _zs_error(request: Request, exc: ZsError) -> JSONResponse:
-        return error_response(exc.error)
+        # A bad argument of a synchronous call is 400, as ZStack's REST server answers bad query parameters
+        # (RestServer.java l.1104-1188); the rest keep ZStack's 503 for a failed reply.
+        return error_response(exc.error, 400 if exc.error.code == errors.INVALID_ARGUMENT else 503)
 
     @app.exception_handler(RestRefusal)
     async def _refused(request: Request, exc: RestRefusal) -> PlainTextResponse:
@@ -114,22 +90,13 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
         credentials = auth.credentials(request.method, request.url.path, request.headers)  # RestRefusal at once
         if not app.state.accepting:
             raise errors.operation_failed("the agent is shutting down; retry on another agent or later")
-        job_uuid = request.headers.get("x-job-uuid")
-        if job_uuid is not None:  # RestServer.java handleApi l.963-976
-            if len(job_uuid) != 32:
-                raise RestRefusal(400, "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped")
-            if jobs.exists(job_uuid):
-                raise RestRefusal(400, f"Duplicate job uuid[{job_uuid}]")
-        timeout_s = ASYNC_TIMEOUTS_S[kind]
-        if (requested := request.headers.get("x-api-timeout")) is not None:  # l.980-988, in seconds
-            try:
-                timeout_s = int(requested.strip())
-            except ValueError:  # Long.parseLong's exception, answered as any unexpected one (l.686-688)
-                raise RestRefusal(500, f'For input string: "{requested}"') from None
+        job_uuid = check_job_uuid(request.headers.get("x-job-uuid"), jobs)
+        timeout_s = api_timeout_s(request.headers.get("x-api-timeout"), ASYNC_TIMEOUTS_S[kind])
+        webhook = check_web_hook(request.headers.get("x-web-hook"))
         owner = await asyncio.to_thread(_owner_of, auth, credentials)
         # A job signed with an access key is polled by ZStack's SDK with "OAuth null"; one whose caller is
         # not identified only holds its ID.1001: both are read by their uuid (zsagent.ownership).
-        job = Job(webhook=request.headers.get("x-web-hook"), timeout_s=timeout_s,
+        job = Job(webhook=webhook, timeout_s=timeout_s,
                   webhook_body=partial(with_schema, kind=answers, headers=dict(request.headers)),
                   account_uuid=owner, readable_by_uuid=credentials.account_uuid is not None or owner is None)
         if job_uuid is not None:
@@ -145,9 +112,7 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
         return JSONResponse(job.body, status_code=errors.HTTP_STATUS.get(job.body["error"]["code"], 500))
 
     @app.post(f"{API}/images/data-volume-templates/from/volumes/{{volumeUuid}}",
-              summary="CreateDataVolumeTemplateFromVolume",
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": _CREATE_BODY_SCHEMA}}}})
+              summary="CreateDataVolumeTemplateFromVolume")
     async def create_data_volume_template(volumeUuid: str, request: Request) -> JSONResponse:  # noqa: N803
         body = await request.body()
 
@@ -209,7 +174,7 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
         found = [i for i in service.list_images(account) if i["uuid"] == uuid]
         return JSONResponse(with_schema({"inventories": found}, Kind.QUERY_IMAGES, request.headers))
 
-    @app.get(f"{API}/images", summary="Query images", openapi_extra={"parameters": _QUERY_PARAMETERS})
+    @app.get(f"{API}/images", summary="Query images")
     async def list_images(request: Request) -> JSONResponse:
         """ZStack's query parameters (zsagent.api.query); an account sees its own images only."""
         account = account_for(request)

@@ -49,6 +49,7 @@ from zsagent.auth import Authenticator, Credentials
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.inventory import zstack_date
 from zsagent.jobs import Job, JobManager
+from zsagent.json_input import load_json
 from zsagent.request import UUID_RE, parse_body
 from zsagent.service import TemplateService
 
@@ -215,23 +216,19 @@ def add_classic_routes(app: FastAPI, service: TemplateService, jobs: JobManager,
                              "result": _result_text(answer_class, event)})
 
     # zstack-mcp-server posts to "/zstack/api/" (with the slash), ZStack's own clients to "/zstack/api":
-    # Spring MVC maps both to the same handler, and so does this agent. PUT works as POST (and as GET for
-    # results) but stays out of the OpenAPI document, which has one operation per route.
+    # Spring MVC maps both to the same handler, and so does this agent; the document lists the path without
+    # the slash. PUT works as POST (and as GET for results), as RESTApiController maps both.
     for path in (API_CALL, API_CALL + "/"):
         for method in ("POST", "PUT"):
             app.add_api_route(path, call, methods=[method], summary="ZStack classic API call",
-                              include_in_schema=(path, method) == (API_CALL, "POST"))
+                              include_in_schema=path == API_CALL)
     for method in ("GET", "PUT"):
-        app.add_api_route(API_RESULT, result, methods=[method], summary="ZStack classic API result",
-                          include_in_schema=method == "GET")
+        app.add_api_route(API_RESULT, result, methods=[method], summary="ZStack classic API result")
 
 
 def _decode(raw: bytes) -> tuple[str, dict[str, Any]]:
     """The message's class name and fields, or SYS.1007."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise errors.invalid(f"the request body is not valid JSON: {e}") from None
+    body = load_json(raw)
     if not isinstance(body, dict) or len(body) != 1:
         raise errors.invalid('the request body must be one message: {"<message class>": {...fields...}}')
     [(name, message)] = body.items()

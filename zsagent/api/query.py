@@ -99,7 +99,7 @@ def run_query(inventories: list[dict[str, Any]], params: Iterable[tuple[str, str
 
 
 def _natural(name: str, value: str) -> int:
-    if not re.fullmatch(r"[+-]?\d+", value):
+    if not re.fullmatch(r"[+-]?\d{1,18}", value):  # a Java long; 5000 digits would stop int() itself
         raise invalid(f"Invalid query parameter. '{name}' must be an integer")  # RestServer.java l.1108
     number = int(value)
     if number < 0:

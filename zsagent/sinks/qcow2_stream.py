@@ -1,9 +1,9 @@
 """A qcow2 template written in one sequential pass to a StreamTarget, with the MD5 of the file's bytes.
 
-    pipeline MD5 thread                 writer thread (one per sink)
-    ───────────────────                 ────────────────────────────
-    write/zero: check order, ─queue──►  metadata first (planned at open), then the data area:
-    hand the chunk over                 encode, md5.update, target.write - strictly in file order
+    pipeline MD5 thread                 writer thread (one per sink)            write-behind thread
+    ───────────────────                 ────────────────────────────            ───────────────────
+    write/zero: check order, ─queue──►  metadata first (planned at open), then  ─queue─► target.write,
+    hand the chunk over                 the data area: encode, md5.update       strictly in file order
 
 The pipeline's MD5 thread only hands chunks over (no hashing, no I/O there); the queue holds at most
 ``queue_chunks`` chunks, so memory stays bounded whatever the volume size (the pipeline's chunks are
@@ -23,6 +23,7 @@ from zsagent.copy.extents import Extent
 from zsagent.copy.md5 import new_md5
 from zsagent.qcow2 import DEFAULT_CLUSTER_BITS, DataEncoder, Qcow2Layout, metadata_chunks, plan_layout
 from zsagent.sinks.base import SinkResult, StreamTarget
+from zsagent.sinks.write_behind import WriteBehind, WriteBehindStopped
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,8 @@ class Qcow2StreamSink:
     def _write_all(self) -> None:
         layout = self.layout
         assert layout is not None
+        output_stop = threading.Event()
+        self._output = WriteBehind(self.target, output_stop, name="zsagent-qcow2-write")
         try:
             self._emit_all(metadata_chunks(layout))
             encoder = DataEncoder(layout)
@@ -172,20 +175,26 @@ class Qcow2StreamSink:
             if self._stop.is_set():
                 return
             self._emit_all(encoder.finish())
+            self._output.close()
             if self.bytes_written != layout.file_size:
                 raise RuntimeError(f"wrote {self.bytes_written} bytes where the layout has {layout.file_size}")
-        except _Stopped:
+        except (_Stopped, WriteBehindStopped):
             pass
         except BaseException as e:  # noqa: BLE001 - handed to the pipeline's thread
             self._error = e
+            output_stop.set()
             self._drain()
+        finally:
+            output_stop.set()  # the writes are done (closed), or nothing more is to be written
+            self._output.cancel()
 
     def _emit_all(self, pieces: Iterable[bytes | memoryview]) -> None:
+        """Hash each piece here and write it in the WriteBehind thread: MD5 and writes overlap."""
         for piece in pieces:
             if self._stop.is_set():
                 raise _Stopped()
             self._md5.update(piece)
-            self.target.write(piece)
+            self._output.put(piece)
             self.bytes_written += len(piece)
 
     def _drain(self) -> None:

@@ -126,17 +126,22 @@ class RbdImageSink(_RbdPartImage):
     """An independent image of the source's size; only non-zero data is written.
 
     ``order``: log2 of the object size (None: the pool's default); templates of RBD volumes keep the
-    volume's, as `rbd cp` does, so that the template is no less sparse than the volume.
+    volume's, as `rbd cp` does, so that the template is no less sparse than the volume. ``features``:
+    the image's feature bits (None: the cluster's default). ``md5_key``: image metadata key the content
+    MD5 is stored under before the image is published (None: not stored).
     """
 
     def __init__(self, rbd_module, ioctx, pool: str, name: str, order: int | None = None,
-                 journal: Journal = NO_JOURNAL) -> None:
+                 journal: Journal = NO_JOURNAL, features: int | None = None, md5_key: str | None = None) -> None:
         super().__init__(rbd_module, ioctx, pool, name, journal)
         self.order = order
+        self.features = features
+        self.md5_key = md5_key
 
     def open(self, size: int, extents: Sequence[Extent]) -> None:
         self._claim_part()
-        self.rbd.RBD().create(self.ioctx, self.part, size, order=self.order, old_format=False)
+        extra = {} if self.features is None else {"features": self.features}
+        self.rbd.RBD().create(self.ioctx, self.part, size, order=self.order, old_format=False, **extra)
         self._created = True
         self.image = self.rbd.Image(self.ioctx, self.part)
 
@@ -148,6 +153,10 @@ class RbdImageSink(_RbdPartImage):
             raise
 
     def commit(self, content_md5: str | None = None) -> SinkResult:
+        if self.md5_key is not None:
+            if content_md5 is None:
+                raise ValueError(f"{self.description}: storing the MD5 needs the content MD5 of the copy")
+            self.image.metadata_set(self.md5_key, content_md5)
         return self._publish()
 
 

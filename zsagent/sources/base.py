@@ -18,6 +18,8 @@ class Source(Protocol):
     ``size``: virtual size in bytes. ``extents()``: the allocation map, in offset order (gaps are taken
     as holes). ``read()`` returns exactly ``length`` bytes and must be safe to call from several threads
     at once. ``close()`` releases everything the source opened or started.
+    A source may also offer ``readinto(offset, buffer)`` (the direct qcow2 reader does): the bytes at
+    ``offset`` into a writable buffer, every byte of it.
     ``qemu_input``: how qemu-img reads the same bytes (the qemu-img engine, zsagent.qemu_img); None: qemu-img
     cannot read this source (e.g. a volume of the fake Ceph backend).
     """

@@ -6,7 +6,9 @@ releases everything on exit.
                   removed unless a clone now depends on it (then its journal entry stays, for the caller
                   to clear with the image record)
     file volume   a running VM writes it: its disk as it was (libvirt pull backup or external overlay,
-                  zsagent.virt); otherwise the file itself: qcow2 chain over qemu-nbd, raw read in place
+                  zsagent.virt); otherwise the file itself: a qcow2 chain read directly
+                  (zsagent.sources.qcow2_file; qemu-nbd when it needs what that reader does not do),
+                  a raw file read in place
 
 Every change to a running domain is journalled by zsagent.virt with its own undo. ``on_report`` gets
 the point-in-time report (consistency, method, frozen time) when libvirt was asked.
@@ -26,7 +28,7 @@ from zsagent.ceph.snapshots import JOURNAL_KIND as SNAPSHOT_KIND
 from zsagent.ceph.snapshots import create_snapshot, release_snapshot
 from zsagent.sinks.base import Journal
 from zsagent.sources.base import Source
-from zsagent.sources.qemu_nbd import QemuNbdSource
+from zsagent.sources.qcow2_file import open_qcow2_source
 from zsagent.sources.raw_file import RawFileSource
 from zsagent.sources.rbd_snapshot import RbdSnapshotSource
 from zsagent.virt import UndoJournal, open_point_in_time
@@ -48,11 +50,23 @@ class PointInTimeOptions:
 @contextmanager
 def open_source(volume: Volume, journal: Journal, *, snapshot: str | None = None, ceph=None, cluster=None,
                 qemu_input: tuple[str, str] | None = None, virt: PointInTimeOptions = PointInTimeOptions(),
-                on_report: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Source]:
+                on_report: Callable[[dict[str, Any]], None] | None = None,
+                existing_snapshot: bool = False) -> Iterator[Source]:
     """The Source of ``volume`` at one point in time; ``snapshot`` names the RBD snapshot to take (ceph
     volumes; ``ceph``/``cluster`` are the backend and a connected handle); ``qemu_input`` how qemu-img
-    names that snapshot (None: it cannot read it). Raises zsagent.virt.VirtError when no consistent point
-    in time can be had."""
+    names that snapshot (None: it cannot read it). ``existing_snapshot``: the snapshot is someone else's
+    (the management node took it, zsagent.front): read as it is, neither taken nor removed. Raises
+    zsagent.virt.VirtError when no consistent point in time can be had."""
+    if volume.kind == "ceph" and existing_snapshot:
+        if snapshot is None:
+            raise ValueError("an RBD volume is read at a snapshot: name it")
+        with cluster.open_ioctx(volume.pool) as ioctx:
+            source = RbdSnapshotSource(ceph.rbd, ioctx, volume.image, snapshot, qemu_input=qemu_input)
+            try:
+                yield source
+            finally:
+                source.close()
+        return
     if volume.kind == "ceph":
         with _rbd_snapshot(volume, journal, snapshot, ceph, cluster, qemu_input, virt, on_report) as source:
             yield source
@@ -139,7 +153,8 @@ def _file_volume(volume: Volume, journal: Journal, virt: PointInTimeOptions, on_
 @contextmanager
 def _stopped_file(volume: Volume, connections: int, journal: Journal) -> Iterator[Source]:
     if volume.format == "qcow2":
-        source = QemuNbdSource(volume.path, "qcow2", connections=connections, journal=journal)
+        direct = volume.primary_storage is None or volume.primary_storage.qcow2_reader == "direct"
+        source = open_qcow2_source(volume.path, connections=connections, direct=direct, journal=journal)
     else:
         source = RawFileSource(volume.path)
     try:

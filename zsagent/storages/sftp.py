@@ -85,11 +85,18 @@ class SftpStorage:
         return Destination(bs, path, image_format, sink=sink, ref=ref)
 
     def remove(self, spec: dict[str, Any], runtime: Runtime) -> None:
-        """Remove a file on the server and the directories above it left empty, up to the storage's root."""
-        bs = runtime.config.backup_storage_by_uuid(spec["backupStorageUuid"])
-        if bs is None:
-            raise ValueError(f"backup storage {spec['backupStorageUuid']} is no longer configured")
-        client = SftpClient.connect(bs.settings.connection())
+        """Remove a file on the server and the directories above it left empty, up to the storage's root.
+
+        The server is the configured backup storage ``backupStorageUuid``, or, for a template a management
+        node's command named (zsagent.front), ``connection``: SftpSettings' fields as that command gave them."""
+        if "connection" in spec:
+            settings = SftpSettings(**spec["connection"])
+        else:
+            bs = runtime.config.backup_storage_by_uuid(spec["backupStorageUuid"])
+            if bs is None:
+                raise ValueError(f"backup storage {spec['backupStorageUuid']} is no longer configured")
+            settings = bs.settings.connection()
+        client = SftpClient.connect(settings)
         try:
             try:
                 client.remove(spec["path"])
