@@ -1,5 +1,5 @@
 # The two commands a new user runs: `make demo` and `make test` (see README.md).
-.PHONY: setup test demo bench lint
+.PHONY: setup test demo bench lint reliability
 
 setup:
 	scripts/setup
@@ -8,10 +8,12 @@ setup:
 test: setup
 	scripts/run-tests $(PYTEST_ARGS)
 
-# The long and heavy cases (pytest marker "reliability"), against the same throwaway services.
+# The long and heavy cases (pytest marker "reliability") and the whole reliability suite (tests/reliability),
+# against the same throwaway services; prints the figures the crash tests measured.
 .PHONY: reliability
 reliability: setup
 	scripts/run-tests -m reliability $(PYTEST_ARGS)
+	scripts/run-tests tests/reliability -m "not reliability" $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check .

@@ -70,8 +70,11 @@ def write_config(tmp: Path, ceph: dict, primary: list[dict], backup: list[dict],
 
 
 @contextmanager
-def running_agent(raw_config: dict):
+def running_agent(raw_config: dict, cleaned: bool = True):
+    """``cleaned``: first wait until the background cleanup removed what a previous run left."""
     agent = build_agent(parse_config(raw_config, "test.toml"))
+    if cleaned:
+        assert agent.wait_cleaned(120), "the cleanup of what the last run left did not finish"
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(agent.app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off"))

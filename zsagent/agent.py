@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from zsagent.api import create_app
 from zsagent.auth import AccessKeysFile, Authenticator, ManagementNodeSessions, SessionsFile
+from zsagent.ceph import fencing
 from zsagent.config import Config
 from zsagent.copy import md5
 from zsagent.filemodes import private_dir
@@ -32,6 +33,10 @@ class Agent:
         self.service.close()
         self.store.close()
 
+    def wait_cleaned(self, timeout_s: float | None = None) -> bool:
+        """Wait until the background cleanup has nothing left it can remove now; True when so."""
+        return self.service.janitor.idle.wait(timeout_s)
+
 
 def sessions_for(config: Config) -> Authenticator:
     """Who may call: sessions (a file, or a management node) and access keys (a file), per [auth]."""
@@ -43,16 +48,41 @@ def sessions_for(config: Config) -> Authenticator:
     return Authenticator(sessions, access_keys, check_time_zone=config.auth.check_time_zone)
 
 
+CEPH_ARTIFACTS = ("ceph", "ceph-snapshot", "rbd-image", "rbd", "rbd-snapshot")
+"""Journal kinds that live in Ceph (current and legacy names)."""
+
+
+def _fence_the_last_run(service: TemplateService, data_dir: str) -> None:
+    """Remember this run's Ceph client address; when the last run left Ceph artifacts, blocklist its
+    client first so that Ceph drops its watches at once (zsagent.ceph.fencing)."""
+    if service.ceph is None or service.ceph.is_fake:
+        return
+    previous = fencing.previous_address(data_dir)
+    service.runtime.on_connect = lambda cluster: fencing.remember_address(data_dir, cluster)
+
+    def before_first_sweep(leftovers) -> None:
+        if previous and any(a.kind in CEPH_ARTIFACTS for a in leftovers):
+            fencing.fence(service.runtime.cluster, previous)
+
+    service.janitor.before_first_sweep = before_first_sweep
+
+
 def build_agent(config: Config) -> Agent:
-    """Open the store, reconcile what a previous run left behind, and build the app."""
+    """Open the store, fail the jobs a previous run left unfinished (telling their web hooks), start
+    removing what they left in the background, and build the app: it serves at once."""
     private_dir(config.agent.data_dir)
     md5.choose(config.agent.data_dir)  # measured once per CPU and library version, before the first copy
     store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
     service = TemplateService(config, store)
-    front_jobs = {call.job_uuid for call in FrontRecords(store).calls()}  # `zsagent front` cleans its own
-    interrupted = service.reconcile(owns=lambda job_uuid: job_uuid not in front_jobs)
+    front_jobs = lambda: {call.job_uuid for call in FrontRecords(store).calls()}  # noqa: E731 - `front` cleans its own
+    known_front = front_jobs()
+    interrupted = service.fail_interrupted(owns=lambda job_uuid: job_uuid not in known_front)
+    service.janitor.foreign = front_jobs
     if interrupted:
-        log.warning("jobs interrupted by the last stop, now failed: %s", ", ".join(interrupted))
+        log.warning("jobs interrupted by the last stop, now failed: %s", ", ".join(j.uuid for j in interrupted))
     jobs = JobManager(store, config.agent.job_retention_s, metrics=service.metrics)
+    jobs.tell_interrupted(interrupted)
+    _fence_the_last_run(service, config.agent.data_dir)
+    service.janitor.start()  # what the interrupted jobs left (Ceph may hold a dead watch for 30 s)
     app = create_app(service, jobs, sessions_for(config))
     return Agent(config, store, service, jobs, app)

@@ -46,15 +46,24 @@ class Volume:
 
 
 class Catalog:
-    """Finds volumes by uuid; ``cluster`` is a connected rados handle (real or fake) or None."""
+    """Finds volumes by uuid; ``cluster`` is a connected rados handle (real or fake), None, or a callable
+    that connects when first needed (so that file volumes are found while Ceph is unreachable)."""
 
     def __init__(self, config: Config, ceph_backend=None, cluster=None) -> None:
         self.config = config
         self.backend = ceph_backend
-        self.cluster = cluster
+        self._cluster = cluster
+
+    @property
+    def cluster(self):
+        if callable(self._cluster):
+            self._cluster = self._cluster()
+        return self._cluster
 
     def find_volume(self, uuid: str) -> Volume | None:
-        for ps in self.config.primary_storage:
+        """File roots first: they need no network, and answer while the Ceph monitors are down."""
+        ordered = sorted(self.config.primary_storage, key=lambda ps: ps.type == "ceph")
+        for ps in ordered:
             found = self._find_in_ceph(ps, uuid) if ps.type == "ceph" else self._find_in_files(ps, uuid)
             if found:
                 return found

@@ -23,7 +23,7 @@ def run_checks(config: Config) -> list[Finding]:
     findings += _data_dir(config)
     findings += _listener(config)
     findings += _sessions(config)
-    runtime = Runtime(config, connect_timeout_s=10)
+    runtime = Runtime(config, connect_timeout_s=min(10, config.ceph.client_mount_timeout))
     try:
         findings += list(_ceph(config, runtime))
         findings += list(_primary_file_roots(config))
@@ -31,6 +31,7 @@ def run_checks(config: Config) -> list[Finding]:
     finally:
         runtime.close()
     findings += list(_qemu_img_engine(config))
+    findings += list(_leftovers(config))
     findings += list(front_upstream(config))
     findings.append(md5_finding(config.agent.data_dir))
     return list(dict.fromkeys(findings))  # a pool both primary and backup storage is said once
@@ -135,8 +136,9 @@ def _ceph(config: Config, runtime: Runtime) -> Iterator[Finding]:
     except Exception as e:  # noqa: BLE001 - any failure to connect is the finding
         runtime.ceph = None  # the backup storages' own Ceph checks are skipped: said once here
         where = config.ceph.fake_root if config.ceph.backend == "fake" else config.ceph.conf
-        yield (False, f"Ceph ({config.ceph.backend}, {where}) cannot be reached: {type(e).__name__}: {e}",
-               "check ceph.conf / ceph.keyring / ceph.client, that the monitors are up, and that "
+        what = runtime.unreachable or (f"Ceph ({config.ceph.backend}, {where}) cannot be reached: "
+                                       f"{type(e).__name__}: {e}")
+        yield (False, what, "check ceph.conf / ceph.keyring / ceph.client, that the monitors are up, and that "
                "`ceph -s` works with the same files")
         return
     yield (True, f"Ceph is reachable ({config.ceph.backend})", "")
@@ -163,6 +165,28 @@ def _backup_storages(config: Config, runtime: Runtime) -> Iterator[Finding]:
         if bs.type == "ceph" and runtime.ceph is None:
             continue  # Ceph could not be reached: said once in _ceph
         yield from KINDS[bs.type].check(bs, runtime)
+
+
+def _leftovers(config: Config) -> Iterator[Finding]:
+    """What failed or interrupted jobs left and the agent could not remove yet (it keeps retrying)."""
+    path = os.path.join(config.agent.data_dir, "zsagent.db")
+    if not os.path.exists(path):
+        return
+    from zsagent.store import Store
+
+    store = Store(path)
+    try:
+        artifacts = store.artifacts()
+    finally:
+        store.close()
+    failed = [a for a in artifacts if a.attempts]
+    if not failed:
+        yield (True, "no leftovers of failed jobs wait to be removed", "")
+    for a in failed:
+        where = ", ".join(f"{k}={v}" for k, v in sorted(a.spec.items()) if k in ("pool", "image", "snapshot", "path"))
+        yield (False, f"job {a.job_uuid} left {a.kind} {where}: {a.attempts} removals failed, last: {a.last_error}",
+               "the running agent retries it with backoff; fix the cause (e.g. bring the OSD or SFTP server "
+               "back) and it goes away")
 
 
 def md5_finding(data_dir: str | None) -> Finding:

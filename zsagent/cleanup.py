@@ -6,6 +6,7 @@ Every remover is idempotent: removing what is already gone is not an error.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from zsagent.ceph.snapshots import JOURNAL_KIND as SNAPSHOT_KIND
 from zsagent.ceph.snapshots import forget_snapshot
 from zsagent.sinks.converted import SPOOL_KIND
+from zsagent.sources.qemu_nbd import TEMP_DIR_KIND, TEMP_DIR_PREFIX
 from zsagent.storages import KINDS
 from zsagent.storages.base import Runtime
 from zsagent.storages.filesystem import remove_file
@@ -34,6 +36,14 @@ def _spool(spec: dict[str, Any], runtime: Runtime) -> None:
     Path(spec["path"]).unlink(missing_ok=True)
 
 
+def _temp_dir(spec: dict[str, Any], runtime: Runtime) -> None:
+    """A local temporary directory of the agent's (only ever one of its own, by name)."""
+    path = Path(spec["path"])
+    if not path.name.startswith(TEMP_DIR_PREFIX):
+        raise ValueError(f"{path} is not a temporary directory of the agent")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _virt(kind: str) -> Remover:
     """A change to a libvirt domain (freeze, backup job, overlay): undone by zsagent.virt."""
     return lambda spec, runtime: undo_step(kind, spec)
@@ -52,6 +62,7 @@ REMOVERS: dict[str, Remover] = {
     **{name: kind.remove for name, kind in KINDS.items()},
     SNAPSHOT_KIND: _snapshot,
     SPOOL_KIND: _spool,
+    TEMP_DIR_KIND: _temp_dir,
     MANAGED_KIND: _managed,
     **{kind: _virt(kind) for kind in VIRT_KINDS},
 }

@@ -30,7 +30,9 @@ class AgentSettings:
     running at once (more queue); job_retention_s: how long async job results stay pollable;
     drain_s: on shutdown, how long running copies may finish before they are cancelled;
     spool_dir: where qemu-img converts templates bound for SFTP before they are uploaded (empty:
-    ``<data_dir>/spool``); it needs room for the largest such template. tls_cert_file / tls_key_file:
+    ``<data_dir>/spool``); it needs room for the largest such template; cleanup_wait_s: how long a new
+    request waits for what an earlier attempt on its volume left to be removed (e.g. while Ceph still
+    holds a crashed agent's watch on an image, up to 30 s) before it fails. tls_cert_file / tls_key_file:
     PEM files; both set: the API is served over HTTPS (one without the other is a configuration error).
     max_body_bytes: the largest request body the HTTP API reads, larger ones are refused with 413
     (zsagent.api.body_limit)."""
@@ -41,6 +43,7 @@ class AgentSettings:
     job_retention_s: int = 3 * 3600
     drain_s: int = 60
     spool_dir: str = ""
+    cleanup_wait_s: int = 90
     tls_cert_file: str = ""
     tls_key_file: str = ""
     max_body_bytes: int = 1024 * 1024

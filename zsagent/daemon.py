@@ -1,7 +1,8 @@
 """`zsagent serve`: the HTTP API under uvicorn, with systemd's notify protocol and a graceful drain.
 
-READY=1 once listening and reconciled; on SIGTERM/SIGINT: STOPPING=1, refuse new copies, let running
-ones finish within ``agent.drain_s``, cancel and clean the rest (they end as SYS.1017), then exit.
+READY=1 once listening (what a previous run left is removed in the background, zsagent.janitor); on
+SIGTERM/SIGINT: STOPPING=1, refuse new copies, let running ones finish within ``agent.drain_s``, cancel
+and clean the rest (they end as SYS.1017), then exit.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from zsagent import errors
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.metrics import Metrics
 from zsagent.ownership import may_access, may_read_job
-from zsagent.store import Store
+from zsagent.store import JobRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,26 @@ class Job:
                 "bytesTotal": self.bytes_total}
 
 
+def post_webhook(url: str, job_uuid: str, success: bool, body: dict[str, Any], attempts: int = 3,
+                 backoff_s: float = 1.0) -> bool:
+    """POST a job's answer as ZStack does (RestServer.java callWebHook l.322-350: the body, with
+    ``X-Job-UUID`` and ``X-Job-Success``); retried with backoff; True when the hook took it."""
+    headers = {"X-Job-UUID": job_uuid, "X-Job-Success": "true" if success else "false"}
+    for attempt in range(attempts):
+        try:
+            answer = httpx.post(url, json=body, headers=headers, timeout=10)
+            if answer.status_code < 300:
+                return True
+            reason = f"HTTP {answer.status_code}"
+        except httpx.HTTPError as e:
+            reason = type(e).__name__
+        log.warning("job %s: web hook attempt %d failed: %s", job_uuid, attempt + 1, reason)
+        time.sleep(backoff_s * 2 ** attempt)
+    return False
+
 ANYONE = object()
 """For JobManager.view/cancel: the agent itself asks, no account check."""
+
 
 Work = Callable[[Job], dict[str, Any]]
 """Does the job and returns the answer's fields (e.g. ``{"inventory": ...}``), or raises ZsError."""
@@ -151,7 +169,7 @@ class JobManager:
         job.on_state = lambda state: self.store.set_job_state(job.uuid, state)
         with self._lock:
             self._jobs[job.uuid] = job
-        self.store.add_job(job.uuid, volume_uuid, job.account_uuid, job.readable_by_uuid)
+        self.store.add_job(job.uuid, volume_uuid, job.account_uuid, job.readable_by_uuid, job.webhook)
         thread = threading.Thread(target=self._run, args=(job, work), name=f"job-{job.uuid[:8]}")
         with self._lock:
             self._threads.add(thread)
@@ -207,18 +225,16 @@ class JobManager:
             job.cancel_with(f"its API timeout of {job.timeout_s:g} s ran out")
 
     def _post_webhook(self, job: Job) -> None:
-        headers = {"X-Job-UUID": job.uuid, "X-Job-Success": "true" if job.success else "false"}
         body = job.webhook_body(job.body) if job.webhook_body is not None else job.body
-        for attempt in range(self.webhook_attempts):
-            try:
-                answer = httpx.post(job.webhook, json=body, headers=headers, timeout=10)
-                if answer.status_code < 300:
-                    return
-                reason = f"HTTP {answer.status_code}"
-            except httpx.HTTPError as e:
-                reason = type(e).__name__
-            log.warning("job %s: web hook attempt %d failed: %s", job.uuid, attempt + 1, reason)
-            time.sleep(self.webhook_backoff_s * 2 ** attempt)
+        post_webhook(job.webhook, job.uuid, job.success, body, self.webhook_attempts, self.webhook_backoff_s)
+
+    def tell_interrupted(self, records: list[JobRecord]) -> None:
+        """POST the failure of jobs a restart ended to their web hooks, in the background."""
+        for record in records:
+            if record.webhook and record.result is not None:
+                threading.Thread(target=post_webhook, name=f"webhook-{record.uuid[:8]}", daemon=True,
+                                 args=(record.webhook, record.uuid, False, record.result, self.webhook_attempts,
+                                       self.webhook_backoff_s)).start()
 
     def set_owner(self, job: Job, account_uuid: str, readable_by_uuid: bool) -> None:
         """The job's account, once its credentials are checked (a session is checked by the job)."""

@@ -26,6 +26,11 @@ class Metrics:
                                     buckets=tuple(m * MiB for m in (10, 50, 100, 200, 300, 400, 500, 600, 800,
                                                                     1000, 2000)), registry=r)
         self.running = Gauge("zsagent_jobs_running", "Copies running now", registry=r)
+        self.cleanup_pending = Gauge("zsagent_cleanup_pending",
+                                     "Journalled leftovers of failed or interrupted jobs not yet removed",
+                                     registry=r)
+        self.cleanup_failures = Counter("zsagent_cleanup_failures", "Failed attempts to remove a leftover "
+                                        "(each is retried with backoff)", registry=r)
         self.queued = Gauge("zsagent_jobs_queued", "Requests waiting for their volume or a free slot",
                             registry=r)
 

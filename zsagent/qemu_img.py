@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from zsagent.copy.errors import CopyCancelled
 from zsagent.copy.pipeline import PipelineConfig, run_copy
-from zsagent.processes import stop_process
+from zsagent.processes import dies_with_agent, stop_process
 from zsagent.sources.base import QemuInput, Source  # QemuInput also importable from here, as it always was
 from zsagent.sources.raw_file import RawFileSource
 
@@ -111,8 +111,8 @@ def convert(qemu_input: QemuInput, output: str | os.PathLike[str], options: Conv
     raises CopyCancelled. The caller removes ``output`` after a failure.
     """
     output = os.path.abspath(output)  # a relative name with ':' would read as a protocol to qemu
-    process = subprocess.Popen(convert_argv(qemu_input, output, options), stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    argv = dies_with_agent(convert_argv(qemu_input, output, options))
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     errors: list[bytes] = []
     readers = [threading.Thread(target=_follow_progress, args=(process.stdout, progress), daemon=True),
                threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)]

@@ -18,16 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from zsagent import cleanup, errors
+from zsagent import cleanup, errors, faults
 from zsagent.admission import Admission
 from zsagent.catalog import Catalog, Volume
-from zsagent.ceph import open_backend
+from zsagent.ceph import health, open_backend
 from zsagent.ceph.snapshots import JOURNAL_KIND as SNAPSHOT_KIND
 from zsagent.config import BackupStorage, Config
 from zsagent.copy.errors import AllSinksFailed, CopyCancelled, CopyError
 from zsagent.copy.pipeline import CopyResult
 from zsagent.errors import ErrorCode, ZsError
 from zsagent.inventory import backup_storage_ref, image_inventory, zstack_date
+from zsagent.janitor import Janitor
 from zsagent.jobs import Job, JobState
 from zsagent.metrics import Metrics
 from zsagent.ownership import ADMIN_ACCOUNT_UUID, may_access, operation_denied
@@ -35,13 +36,15 @@ from zsagent.qemu_img import rbd_filename
 from zsagent.request import CreateRequest
 from zsagent.sources.open import PointInTimeOptions, open_source
 from zsagent.storages import KINDS, Destination, Runtime, TemplateJob, TemplateTags
-from zsagent.store import ImageRecord, JobJournal, JournalScope, Store
+from zsagent.store import ImageRecord, JobJournal, JobRecord, JournalScope, Store
 from zsagent.transfer import transfer
 from zsagent.virt import VirtError
 from zsagent.volume_owner import ManagementNodeVolumes, VolumeOwnership
 
 log = logging.getLogger(__name__)
 
+INTERRUPTED = ErrorCode(errors.OPERATION_FAILURE, "agent restarted during copy")
+"""How a job that a restart ended fails."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ class TemplateService:
         uses_ceph = any(s.type == "ceph" for s in (*config.primary_storage, *config.backup_storage))
         self.runtime = Runtime(config, open_backend(config.ceph) if uses_ceph else None)
         self.admission = Admission(config.agent.max_jobs)
+        self._active: set[str] = set()  # jobs running their copy in this process: their artifacts are theirs
+        self._active_lock = threading.Lock()
+        self.janitor = Janitor(store, self.runtime, self.active_jobs, self.metrics)
         self._create_guard = threading.Lock()  # makes "check resourceUuid, then claim it" atomic
         self._claimed: set[str] = set()
         self.volume_owner = VolumeOwnership(
@@ -90,14 +96,19 @@ class TemplateService:
         try:
             return self.runtime.cluster
         except Exception as e:
-            raise errors.operation_failed(f"cannot connect to Ceph: {e}") from e
+            raise errors.operation_failed(self.runtime.unreachable or f"cannot connect to Ceph: {e}") from e
+
+    def active_jobs(self) -> set[str]:
+        with self._active_lock:
+            return set(self._active)
 
     def close(self) -> None:
+        self.janitor.stop()
         self.runtime.close()
 
     @property
     def catalog(self) -> Catalog:
-        return Catalog(self.config, self.ceph, self.cluster)
+        return Catalog(self.config, self.ceph, lambda: self.cluster)
 
     # -- the call ----------------------------------------------------------------------------------
 
@@ -123,12 +134,15 @@ class TemplateService:
             queued = True
             try:
                 reason = lambda: job.cancel_reason  # noqa: E731
-                with self.admission.volume(volume.uuid, job.cancel, reason), self.admission.slot(job.cancel, reason):
-                    self.metrics.queued.dec()
-                    queued = False
-                    job.set_state(JobState.RUNNING)
-                    with self.metrics.running.track_inprogress():
-                        return self._run(request, account_uuid, volume, storages, image_uuid, job)
+                with self.admission.volume(volume.uuid, job.cancel, reason):
+                    # a retry first removes what an earlier attempt on this volume or template left
+                    self.janitor.settle(volume.uuid, image_uuid, self.config.agent.cleanup_wait_s, job.cancel)
+                    with self.admission.slot(job.cancel, reason):
+                        self.metrics.queued.dec()
+                        queued = False
+                        job.set_state(JobState.RUNNING)
+                        with self.metrics.running.track_inprogress():
+                            return self._run(request, account_uuid, volume, storages, image_uuid, job)
             finally:
                 if queued:
                     self.metrics.queued.dec()
@@ -198,7 +212,20 @@ class TemplateService:
 
     def _run(self, request: CreateRequest, account_uuid: str, volume: Volume, storages: list[BackupStorage],
              image_uuid: str, job: Job, order: PathCopy | None = None) -> dict[str, Any]:
-        journal = JobJournal(self.store, job.uuid)
+        with self._active_lock:
+            self._active.add(job.uuid)
+        try:
+            return self._run_active(request, account_uuid, volume, storages, image_uuid, job, order)
+        finally:
+            with self._active_lock:
+                self._active.discard(job.uuid)
+            if self.store.artifacts(job.uuid):
+                self.janitor.wake(job.uuid)  # what this job could not remove is retried in the background
+
+    def _run_active(self, request: CreateRequest, account_uuid: str, volume: Volume,
+                    storages: list[BackupStorage], image_uuid: str, job: Job,
+                    order: PathCopy | None = None) -> dict[str, Any]:
+        journal = JobJournal(self.store, job.uuid, volume.uuid, image_uuid)
         tags = TemplateTags(mode=request.system_tag("ceph::copyMode"), format=request.system_tag("template::format"),
                             compression=request.system_tag("template::compression"),
                             bandwidth=request.system_tag("sftp::bandwidth"))
@@ -233,7 +260,10 @@ class TemplateService:
             job.phase = "failed"
             log.warning("job %s: image %s from volume %s failed: %s", job.uuid, image_uuid, volume.uuid, e,
                         extra=where)
-            self.clean_job(job.uuid)
+            if self.ceph is not None and health.timed_out(e):
+                self.janitor.wake()  # each removal would wait out the timeout again: in the background
+            else:
+                self.clean_job(job.uuid)
             raise
         finally:
             for dest in destinations:
@@ -294,6 +324,7 @@ class TemplateService:
                              cluster=self.cluster if volume.kind == "ceph" else None,
                              qemu_input=self._rbd_qemu_input(template), virt=options, on_report=on_report,
                              existing_snapshot=existing_snapshot) as source:
+                faults.hit("snapshot-taken")
                 return transfer(source, sinks, converters, self.config.pipeline, progress=progress,
                                 cancel=job.cancel, hash_content=hash_content)
         except VirtError as e:
@@ -304,17 +335,28 @@ class TemplateService:
         except AllSinksFailed as e:
             job.errors += [{"backupStorageUuid": _bs_of(destinations, err.sink), "error": str(err)}
                            for err in e.errors]
-            raise _all_failed(volume.uuid, [str(err) for err in e.errors]) from e
+            raise _all_failed(volume.uuid, [self._explained(err, str(err)) for err in e.errors]) from e
         except CopyError as e:
             raise errors.operation_failed(f"copying volume[uuid:{volume.uuid}] failed",
-                                          ErrorCode(errors.OPERATION_FAILURE, str(e))) from e
+                                          ErrorCode(errors.OPERATION_FAILURE, self._explained(e, str(e)))) from e
         except ZsError:
             raise
         except Exception as e:
             if self.ceph is not None and isinstance(e, (self.ceph.rbd.Error, self.ceph.rados.Error)):
                 raise errors.operation_failed(f"Ceph refused an operation on volume[uuid:{volume.uuid}]",
-                                              ErrorCode(errors.OPERATION_FAILURE, f"{type(e).__name__}: {e}")) from e
+                                              ErrorCode(errors.OPERATION_FAILURE,
+                                                        self._explained(e, f"{type(e).__name__}: {e}"))) from e
             raise
+
+    def _explained(self, error: BaseException, message: str) -> str:
+        """``message``, and when Ceph timed out or is full, why (the cluster's own health checks)."""
+        if self.ceph is None or not (health.timed_out(error) or health.out_of_space(error)):
+            return message
+        try:
+            cluster = self.runtime.cluster
+        except Exception:  # noqa: BLE001
+            cluster = None
+        return f"{message}: {health.explain(error, cluster, self.config.ceph.rados_osd_op_timeout)}"
 
     def _rbd_qemu_input(self, template: TemplateJob) -> tuple[str, str] | None:
         """How qemu-img reads the volume's snapshot (None on the fake backend, which qemu cannot read)."""
@@ -359,6 +401,7 @@ class TemplateService:
                 "tagUuids": list(request.tag_uuids)}
         owned = [i for d, _, _ in kept for i in d.journal.ids]
         owned += [i for i, kind in source_journal.ids.items() if kind == SNAPSHOT_KIND]  # a clone's parent
+        faults.hit("record-before")
         self.store.put_image(ImageRecord(image_uuid, template.account_uuid, volume.uuid, request.fingerprint(),
                                          inventory, stored_refs, tags), owned)
         return inventory
@@ -366,29 +409,29 @@ class TemplateService:
     # -- cleanup, restart, delete -----------------------------------------------------------------
 
     def clean_job(self, job_uuid: str) -> None:
-        """Remove every journalled artifact of a job (newest first), then forget them."""
+        """Remove every journalled artifact of a job (newest first), then forget them; what cannot be
+        removed now stays journalled and the janitor retries it."""
         for artifact in reversed(self.store.artifacts(job_uuid)):
-            try:
-                cleanup.remove(artifact.kind, artifact.spec, self.runtime)
-            except Exception:  # noqa: BLE001 - kept in the journal; the next start retries
-                log.exception("job %s: could not remove %s %s", job_uuid, artifact.kind, artifact.spec)
-                continue
-            self.store.clear_artifact(artifact.id)
+            self.janitor.remove(artifact)
 
-    def reconcile(self, owns: Callable[[str], bool] | None = None) -> list[str]:
-        """After a restart: jobs that were running failed; remove what they left behind, including a
-        template published but never recorded (its client never got a success). ``owns``: which jobs
-        are this process's (`serve` and `front` may share a store); None: all."""
+    def fail_interrupted(self, owns: Callable[[str], bool] | None = None) -> list[JobRecord]:
+        """After a restart: jobs that were queued or running failed (SYS.1006 "agent restarted during
+        copy"); returns them as they are stored now (with their web hooks). ``owns``: which jobs are this
+        process's (`serve` and `front` may share a store); None: all."""
         interrupted = []
         for job in self.store.unfinished_jobs():
             if owns is not None and not owns(job.uuid):
                 continue
-            error = ErrorCode(errors.OPERATION_FAILURE, "agent restarted during copy")
-            self.store.finish_job(job.uuid, JobState.FAILED, 503, {"error": error.to_json()})
-            interrupted.append(job.uuid)
-        for job_uuid in dict.fromkeys(a.job_uuid for a in self.store.artifacts()):
-            if owns is None or owns(job_uuid):
-                self.clean_job(job_uuid)
+            self.store.finish_job(job.uuid, JobState.FAILED, 503, {"error": INTERRUPTED.to_json()})
+            interrupted.append(self.store.get_job(job.uuid))
+        return [j for j in interrupted if j is not None]
+
+    def reconcile(self, owns: Callable[[str], bool] | None = None) -> list[str]:
+        """After a restart, at once: fail interrupted jobs and try once to remove what they left behind,
+        including a template published but never recorded (its client never got a success); ``owns`` as
+        for fail_interrupted. The daemon does the removal in the background instead (``janitor``)."""
+        interrupted = [job.uuid for job in self.fail_interrupted(owns)]
+        self.janitor.sweep(lambda artifact: owns is None or owns(artifact.job_uuid), force=True)
         return interrupted
 
     def get_image(self, image_uuid: str, account_uuid: str | None = None) -> dict[str, Any]:

@@ -40,14 +40,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_s    REAL NOT NULL,
     finished_s   REAL,
     account_uuid TEXT,            -- who started it (zsagent.ownership); NULL: not identified
-    readable_by_uuid INTEGER NOT NULL DEFAULT 0  -- 1: its uuid alone is enough to read it (see may_read_job)
+    readable_by_uuid INTEGER NOT NULL DEFAULT 0, -- 1: its uuid alone is enough to read it (see may_read_job)
+    webhook      TEXT             -- where the result is POSTed (also after a restart ended the job)
 );
 CREATE TABLE IF NOT EXISTS journal (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     job_uuid     TEXT NOT NULL,
     kind         TEXT NOT NULL,   -- a storage kind, ceph-snapshot, spool or virt-* (zsagent.cleanup)
     spec         TEXT NOT NULL,   -- where the artifact is (JSON)
-    created_s    REAL NOT NULL
+    created_s    REAL NOT NULL,
+    volume_uuid  TEXT,            -- the job's volume and template: a retry cleans what an earlier
+    image_uuid   TEXT,            -- attempt left (zsagent.janitor)
+    attempts     INTEGER NOT NULL DEFAULT 0,  -- failed removals so far
+    last_error   TEXT             -- why the last removal failed
 );
 CREATE TABLE IF NOT EXISTS front_calls (
     job_uuid     TEXT PRIMARY KEY,  -- a job of `zsagent front` (zsagent.front): the MN waits for its result
@@ -63,6 +68,14 @@ CREATE TABLE IF NOT EXISTS front_intents (
     expires_s    REAL NOT NULL
 );
 """
+
+_ADDED_COLUMNS = {
+    "jobs": (("account_uuid", "TEXT"), ("readable_by_uuid", "INTEGER NOT NULL DEFAULT 0"), ("webhook", "TEXT")),
+    "journal": (("volume_uuid", "TEXT"), ("image_uuid", "TEXT"), ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+                ("last_error", "TEXT")),
+}
+"""Columns newer than the first schema: added to a database made before them (its old jobs then have no
+owner, and only the admin reads them; its journal entries no volume, so only a restart's cleanup takes them)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,7 @@ class JobRecord:
     point_in_time: dict[str, Any] | None = None
     account_uuid: str | None = None
     readable_by_uuid: bool = False
+    webhook: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,11 @@ class Artifact:
     job_uuid: str
     kind: str
     spec: dict[str, Any]
+    volume_uuid: str | None = None
+    image_uuid: str | None = None
+    created_epoch: float = 0.0
+    attempts: int = 0
+    last_error: str | None = None
 
 
 class Store:
@@ -166,11 +185,11 @@ class Store:
     # -- jobs --------------------------------------------------------------------------------------
 
     def add_job(self, uuid: str, volume_uuid: str | None, account_uuid: str | None = None,
-                readable_by_uuid: bool = False) -> None:
+                readable_by_uuid: bool = False, webhook: str | None = None) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO jobs (uuid, volume_uuid, state, created_s, account_uuid, readable_by_uuid) "
-                       "VALUES (?,?,?,?,?,?)", (uuid, volume_uuid, "queued", time.time(), account_uuid,
-                                                int(readable_by_uuid)))
+            db.execute("INSERT INTO jobs (uuid, volume_uuid, state, created_s, account_uuid, readable_by_uuid, "
+                       "webhook) VALUES (?,?,?,?,?,?,?)", (uuid, volume_uuid, "queued", time.time(), account_uuid,
+                                                           int(readable_by_uuid), webhook))
 
     def set_job_account(self, uuid: str, account_uuid: str, readable_by_uuid: bool) -> None:
         with self._tx() as db:
@@ -205,11 +224,18 @@ class Store:
 
     # -- journal of temporary artifacts ------------------------------------------------------------
 
-    def journal(self, job_uuid: str, kind: str, spec: dict[str, Any]) -> int:
+    def journal(self, job_uuid: str, kind: str, spec: dict[str, Any], volume_uuid: str | None = None,
+                image_uuid: str | None = None) -> int:
         """Record an artifact *before* it is created (temporary or final name); returns its id."""
         with self._tx() as db:
-            return db.execute("INSERT INTO journal (job_uuid, kind, spec, created_s) VALUES (?,?,?,?)",
-                              (job_uuid, kind, json.dumps(spec, sort_keys=True), time.time())).lastrowid
+            return db.execute("INSERT INTO journal (job_uuid, kind, spec, created_s, volume_uuid, image_uuid) "
+                              "VALUES (?,?,?,?,?,?)", (job_uuid, kind, json.dumps(spec, sort_keys=True),
+                                                       time.time(), volume_uuid, image_uuid)).lastrowid
+
+    def artifact_failed(self, artifact_id: int, error: str) -> None:
+        """Count a failed removal of the artifact and keep why."""
+        with self._tx() as db:
+            db.execute("UPDATE journal SET attempts=attempts+1, last_error=? WHERE id=?", (error, artifact_id))
 
     def clear_journal(self, job_uuid: str) -> None:
         with self._tx() as db:
@@ -226,7 +252,8 @@ class Store:
             else:
                 rows = self._db.execute("SELECT * FROM journal WHERE job_uuid=? ORDER BY id",
                                         (job_uuid,)).fetchall()
-        return [Artifact(r["id"], r["job_uuid"], r["kind"], json.loads(r["spec"])) for r in rows]
+        return [Artifact(r["id"], r["job_uuid"], r["kind"], json.loads(r["spec"]), r["volume_uuid"],
+                         r["image_uuid"], r["created_s"], r["attempts"], r["last_error"]) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -300,12 +327,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
                      json.loads(row["result"]) if row["result"] else None, row["http_status"],
                      json.loads(row["errors"]) if row["errors"] else [], row["created_s"], row["finished_s"],
                      json.loads(row["point_in_time"]) if row["point_in_time"] else None,
-                     row["account_uuid"], bool(row["readable_by_uuid"]))
-
-
-_ADDED_COLUMNS = {"jobs": (("account_uuid", "TEXT"), ("readable_by_uuid", "INTEGER NOT NULL DEFAULT 0"))}
-"""Columns newer than the first schema: added to a database made before them (its old jobs then have no
-owner, and only the admin reads them)."""
+                     row["account_uuid"], bool(row["readable_by_uuid"]), row["webhook"])
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
@@ -324,12 +346,15 @@ class JobJournal:
     destinations' entries to ``Store.put_image``.
     """
 
-    def __init__(self, store: Store, job_uuid: str) -> None:
+    def __init__(self, store: Store, job_uuid: str, volume_uuid: str | None = None,
+                 image_uuid: str | None = None) -> None:
         self.store = store
         self.job_uuid = job_uuid
+        self.volume_uuid = volume_uuid
+        self.image_uuid = image_uuid
 
     def record(self, kind: str, spec: dict[str, Any]) -> int:
-        return self.store.journal(self.job_uuid, kind, spec)
+        return self.store.journal(self.job_uuid, kind, spec, self.volume_uuid, self.image_uuid)
 
     def forget(self, artifact_id: int) -> None:
         self.store.clear_artifact(artifact_id)

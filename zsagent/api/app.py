@@ -202,7 +202,11 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:
-        return {"status": "ok"}
+        """``ceph``: "unreachable: <why>" once connecting failed (file and SFTP work goes on)."""
+        answer = {"status": "ok"}
+        if service.runtime.unreachable:
+            answer["ceph"] = service.runtime.unreachable
+        return answer
 
     add_classic_routes(app, service, jobs, auth)
     return app

@@ -19,6 +19,11 @@ class CephConfig:
     conf: path of ceph.conf (real backend). keyring: path of the client keyring (real backend).
     client: the cephx client name without "client." (real backend).
     fake_root: directory holding the fake cluster's state (fake backend).
+    rados_osd_op_timeout: seconds one read or write may wait for an OSD before it fails (ETIMEDOUT):
+        a stopped OSD or a full pool fails the copy instead of hanging it (librados' default: forever).
+    rados_mon_op_timeout: seconds a monitor command (pool lookups, snapshots' map updates) may take.
+    client_mount_timeout: seconds connecting may take before the monitors count as unreachable.
+    All three are librados' own options of the same names, given to the agent's cluster handle only.
     """
 
     backend: str = "rados"
@@ -26,6 +31,14 @@ class CephConfig:
     keyring: str | None = "/etc/ceph/ceph.client.admin.keyring"
     client: str = "admin"
     fake_root: str | None = None
+    rados_osd_op_timeout: int = 30
+    rados_mon_op_timeout: int = 30
+    client_mount_timeout: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("rados_osd_op_timeout", "rados_mon_op_timeout", "client_mount_timeout"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1 second")
 
 
 @dataclass(frozen=True)
@@ -40,18 +53,24 @@ class CephBackend:
     def is_fake(self) -> bool:
         return self.config.backend == "fake"
 
-    def connect(self, timeout_s: int = 30):
-        """Return a connected ``rados.Rados``; the caller calls ``shutdown()``."""
+    def connect(self, timeout_s: int | None = None):
+        """Return a connected ``rados.Rados``; the caller calls ``shutdown()``. ``timeout_s``: how long
+        connecting may take (default: ``client_mount_timeout``)."""
+        c = self.config
+        timeout_s = timeout_s or c.client_mount_timeout
         if self.is_fake:
-            cluster = self.rados.Rados(conf={"fake_root": self.config.fake_root})
+            cluster = self.rados.Rados(conf={"fake_root": c.fake_root})
         else:
-            conf = {"client_mount_timeout": str(timeout_s), "rados_osd_op_timeout": str(timeout_s),
-                    "rados_mon_op_timeout": str(timeout_s),
+            conf = {"client_mount_timeout": str(timeout_s), "rados_osd_op_timeout": str(c.rados_osd_op_timeout),
+                    "rados_mon_op_timeout": str(c.rados_mon_op_timeout),
                     # librbd's flatten with its default of 10 ops in flight alone takes ~240 MiB
-                    "rbd_concurrent_management_ops": "4"}
-            if self.config.keyring:
-                conf["keyring"] = self.config.keyring
-            cluster = self.rados.Rados(conffile=self.config.conf, rados_id=self.config.client, conf=conf)
+                    "rbd_concurrent_management_ops": "4",
+                    # the only locks the agent breaks are its own stale ones (zsagent.ceph.images), and
+                    # blocklisting their owner would cut off the agent itself
+                    "rbd_blocklist_on_break_lock": "false"}
+            if c.keyring:
+                conf["keyring"] = c.keyring
+            cluster = self.rados.Rados(conffile=c.conf, rados_id=c.client, conf=conf)
         cluster.connect(timeout=timeout_s)
         return cluster
 

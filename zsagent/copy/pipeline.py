@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from zsagent import faults
 from zsagent.copy.errors import AllSinksFailed, CopyCancelled, CopyError, SinkError, SourceError
 from zsagent.copy.extents import Extent, Kind, chunked, coalesce
 from zsagent.copy.md5 import new_md5
@@ -219,7 +220,10 @@ class _Copy:
                     self._zero_all(piece.offset, piece.length)
                 else:
                     self._write_all(piece.offset, data, sequential=True)
+                if not done:
+                    faults.hit("copy-first-chunk")
                 done += piece.length
+                faults.progressed("copy-mid", done, total)
                 if self.progress is not None:
                     self.progress(done, total)
             except BaseException as e:  # noqa: BLE001 - handed to the caller through fail()

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from zsagent import faults
 from zsagent.sftp import protocol as p
 from zsagent.sftp.errors import (
     ConnectionLost,
@@ -251,6 +252,8 @@ class SftpChannel:
                 self._write_all([p.packet(kind, rid, body)])
             except OSError as e:
                 raise self._sent_failed(e) from e
+        if op == "RENAME":
+            faults.hit("sftp-rename")  # sent, its answer not read: the server may or may not have done it
         req.event.wait()
         if req.body is None:
             assert self._error is not None

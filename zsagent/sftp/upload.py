@@ -41,6 +41,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from zsagent import faults
 from zsagent.sftp import protocol as p
 from zsagent.sftp.bandwidth import bucket_for
 from zsagent.sftp.client import SftpClient
@@ -495,12 +496,14 @@ class RemoteUpload:
         if client.exists(self.path):
             raise taken
         self._final_id = self._record(self.path)
+        faults.hit("publish-before-rename")
         try:
             self._rename(client, taken)
         except RemoteFileExists:
             self._forget("_final_id")  # someone else's file: not ours to remove
             raise
         self._published = True
+        faults.hit("publish-after-rename")
         self._part_created = False
         self._forget("_part_id")
 

@@ -17,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 
+from zsagent import faults
 from zsagent.sinks.base import NO_JOURNAL, PART_SUFFIX, Journal
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class LocalTemplateFile:
     def publish(self) -> int:
         """Publish the (durable) ``.part`` under the final name; returns the bytes allocated for it."""
         self._final_id = self.journal.record(self.kind, {"path": str(self.path), "root": self.root})
+        faults.hit("publish-before-rename")
         try:
             link_no_clobber(self.part, self.path)
         except FileExistsError:  # another file has the name: it is not ours to remove
@@ -117,6 +119,7 @@ class LocalTemplateFile:
             self._final_id = None
             raise
         self._published = True
+        faults.hit("publish-after-rename")
         self._forget_part()
         fsync_dir(self.path.parent)
         allocated = os.stat(self.path).st_blocks * 512

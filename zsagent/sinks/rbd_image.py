@@ -9,6 +9,8 @@ import logging
 import threading
 from collections.abc import Sequence
 
+from zsagent import faults
+from zsagent.ceph.health import close_later, timed_out
 from zsagent.ceph.images import data_ranges
 from zsagent.copy.extents import Extent
 from zsagent.sinks.base import NO_JOURNAL, PART_SUFFIX, Journal, SinkResult
@@ -46,6 +48,7 @@ class _RbdPartImage:
         self._final_id: int | None = None
         self._published = False
         self._committed = False
+        self.timed_out = False  # an operation of this sink ended with a Ceph timeout
 
     def _claim_part(self) -> None:
         """The final name must be free; journal the .part before it is created."""
@@ -59,6 +62,7 @@ class _RbdPartImage:
         self.image.close()
         self.image = None
         self._final_id = self.journal.record(JOURNAL_KIND, {"pool": self.pool, "image": self.name})
+        faults.hit("publish-before-rename")
         try:
             self.rbd.RBD().rename(self.ioctx, self.part, self.name)  # refuses to replace an image
         except BaseException:
@@ -66,6 +70,7 @@ class _RbdPartImage:
             self._final_id = None
             raise
         self._created, self._published = False, True
+        faults.hit("publish-after-rename")
         self._forget_part()
         self._committed = True
         return SinkResult(self.description, actual, parent)
@@ -77,6 +82,12 @@ class _RbdPartImage:
 
     def abort(self) -> None:
         if self._committed:
+            return
+        if self.timed_out:  # Ceph does not answer: each removal would wait out the op timeout again
+            if self.image is not None:
+                close_later(self.image, self.part)
+                self.image = None
+            log.warning("%s: Ceph timed out; leaving %s to the background cleanup", self.description, self.part)
             return
         if self.image is not None:
             try:
@@ -100,13 +111,15 @@ class _RbdPartImage:
     def _remove(self, image: str) -> bool:
         """Remove ``image`` (gone already is fine); False when that failed (its entry stays journalled)."""
         try:
+            faults.hit("cleanup")
             self.rbd.RBD().remove(self.ioctx, image)
-        except self.rbd.ImageNotFound:
-            pass
+            # a full pool keeps the name listed (zsagent.ceph.images.remove_image): the journal retries
+            return image not in self.rbd.RBD().list(self.ioctx)
+        except self.rbd.ImageNotFound:  # a full pool answers so too: believe the pool's list
+            return image not in self.rbd.RBD().list(self.ioctx)
         except Exception:  # noqa: BLE001 - abort never raises; the journal retries later
             log.exception("removing %s/%s failed", self.pool, image)
             return False
-        return True
 
 
 class RbdImageSink(_RbdPartImage):
@@ -133,7 +146,11 @@ class RbdImageSink(_RbdPartImage):
         self.image = self.rbd.Image(self.ioctx, self.part)
 
     def write(self, offset: int, data: bytes) -> None:
-        self.image.write(data, offset)
+        try:
+            self.image.write(data, offset)
+        except Exception as e:
+            self.timed_out = self.timed_out or timed_out(e)
+            raise
 
     def commit(self, content_md5: str | None = None) -> SinkResult:
         if self.md5_key is not None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zsagent.catalog import Volume
+from zsagent.ceph.health import close_later, timed_out
 from zsagent.ceph.snapshots import JOURNAL_KIND as SNAPSHOT_KIND
 from zsagent.ceph.snapshots import create_snapshot, release_snapshot
 from zsagent.sinks.base import Journal
@@ -100,14 +101,22 @@ def _rbd_snapshot(volume: Volume, journal: Journal, snapshot: str | None, ceph, 
         except BaseException:
             _release(rbd, ioctx, volume.image, snapshot, journal, entry)
             raise
+        failure: BaseException | None = None
         try:
             source = RbdSnapshotSource(rbd, ioctx, volume.image, snapshot, qemu_input=qemu_input)
             try:
                 yield source
+            except BaseException as e:
+                failure = e
+                raise
             finally:
-                source.close()
+                if timed_out(failure):
+                    close_later(source, f"{volume.pool}/{volume.image}@{snapshot}")
+                else:
+                    source.close()
         finally:
-            _release(rbd, ioctx, volume.image, snapshot, journal, entry)
+            if not timed_out(failure):  # after a Ceph timeout the snapshot is left to the background cleanup
+                _release(rbd, ioctx, volume.image, snapshot, journal, entry)
 
 
 def _release(rbd, ioctx, image: str, snapshot: str, journal: Journal, entry: int) -> None:
@@ -134,18 +143,18 @@ def _file_volume(volume: Volume, journal: Journal, virt: PointInTimeOptions, on_
             if live is not None:  # a running VM's disk as it was: closed by the point in time
                 yield live
                 return
-            with _stopped_file(volume, virt.connections) as source:
+            with _stopped_file(volume, virt.connections, journal) as source:
                 yield source
         return
-    with _stopped_file(volume, virt.connections) as source:
+    with _stopped_file(volume, virt.connections, journal) as source:
         yield source
 
 
 @contextmanager
-def _stopped_file(volume: Volume, connections: int) -> Iterator[Source]:
+def _stopped_file(volume: Volume, connections: int, journal: Journal) -> Iterator[Source]:
     if volume.format == "qcow2":
         direct = volume.primary_storage is None or volume.primary_storage.qcow2_reader == "direct"
-        source = open_qcow2_source(volume.path, connections=connections, direct=direct)
+        source = open_qcow2_source(volume.path, connections=connections, direct=direct, journal=journal)
     else:
         source = RawFileSource(volume.path)
     try:

@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterator
 
 from zsagent.copy.extents import Extent, Kind, coalesce
+from zsagent.sinks.base import NO_JOURNAL, Journal
 from zsagent.sources.base import QemuInput, Source
 from zsagent.sources.qcow2_header import MAGIC, Unsupported, read_header
 from zsagent.sources.qcow2_layers import (
@@ -220,9 +221,11 @@ def _probe_format(path: str) -> str:
     raise Unsupported(f"{path}: backing file format not recorded and not qcow2")
 
 
-def open_qcow2_source(path: str | os.PathLike[str], connections: int = 8, direct: bool = True) -> Source:
+def open_qcow2_source(path: str | os.PathLike[str], connections: int = 8, direct: bool = True,
+                      journal: Journal = NO_JOURNAL) -> Source:
     """The direct reader for the qcow2 chain at ``path``, or qemu-nbd (``connections`` readers) when the
-    chain needs something the direct reader does not do (the reason is logged) or ``direct`` is False."""
+    chain needs something the direct reader does not do (the reason is logged) or ``direct`` is False;
+    ``journal`` records qemu-nbd's socket directory while it exists."""
     if direct:
         try:
             return Qcow2FileSource(path)
@@ -230,4 +233,4 @@ def open_qcow2_source(path: str | os.PathLike[str], connections: int = 8, direct
             log.warning("reading %s through qemu-nbd: %s", path, e)
     from zsagent.sources.qemu_nbd import QemuNbdSource
 
-    return QemuNbdSource(path, "qcow2", connections=connections)
+    return QemuNbdSource(path, "qcow2", connections=connections, journal=journal)

@@ -14,10 +14,15 @@ import time
 from collections.abc import Iterator
 
 from zsagent.copy.extents import Extent
-from zsagent.processes import stop_process
+from zsagent.processes import dies_with_agent, stop_process
+from zsagent.sinks.base import NO_JOURNAL, Journal
 from zsagent.sources.base import QemuInput
 from zsagent.sources.nbd import NbdSource
 from zsagent.sources.unchanged import FileIdentity
+
+TEMP_DIR_KIND = "temp-dir"
+"""Journal entries of a local temporary directory: ``{"path"}`` (zsagent.cleanup removes it)."""
+TEMP_DIR_PREFIX = "zsagent-nbd-"
 
 
 class QemuNbdSource:
@@ -29,18 +34,21 @@ class QemuNbdSource:
     """
 
     def __init__(self, path: str | os.PathLike[str], image_format: str = "qcow2", connections: int = 8,
-                 start_timeout_s: float = 10.0) -> None:
+                 start_timeout_s: float = 10.0, journal: Journal = NO_JOURNAL) -> None:
+        """``journal``: where the socket directory is recorded (kind TEMP_DIR_KIND) while it exists."""
         self.path = os.fspath(path)
         self.qemu_input: QemuInput | None = (image_format, os.path.abspath(self.path))
         self._identity = FileIdentity(self.path)  # the top image file (its backing files are not watched)
-        self._dir = tempfile.mkdtemp(prefix="zsagent-nbd-")
+        self._dir = tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX)
+        self._journal = journal
+        self._dir_id: int | None = journal.record(TEMP_DIR_KIND, {"path": self._dir})
         self._socket = os.path.join(self._dir, "nbd.sock")
         self._server: subprocess.Popen | None = None
         self._export: NbdSource | None = None
         argv = ["qemu-nbd", "--read-only", "--persistent", f"--shared={connections + 1}",  # + the main handle
                 f"--socket={self._socket}", f"--format={image_format}", self.path]
         try:
-            self._server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            self._server = subprocess.Popen(dies_with_agent(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.PIPE)
             self._export = self._connect_when_ready(self._server, start_timeout_s)
         except BaseException:
@@ -82,3 +90,6 @@ class QemuNbdSource:
             stop_process(self._server)
             self._server.stderr.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir_id is not None:
+            self._journal.forget(self._dir_id)
+            self._dir_id = None

@@ -8,6 +8,7 @@ destinations create and the ``kind`` of the templates it records: one name every
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -86,7 +87,7 @@ class Runtime:
     """What kinds need at run time: the config and, for Ceph, the backend and one lazily connected
     cluster handle shared by the agent (a file-only agent never connects)."""
 
-    def __init__(self, config: Config, ceph=None, connect_timeout_s: int = 30, cluster=None) -> None:
+    def __init__(self, config: Config, ceph=None, connect_timeout_s: int | None = None, cluster=None) -> None:
         """``cluster``: an already connected handle to use instead (its owner shuts it down)."""
         self.config = config
         self.ceph = ceph
@@ -94,14 +95,31 @@ class Runtime:
         self._cluster = cluster
         self._owns_cluster = cluster is None
         self._lock = threading.Lock()
+        self._failure: Exception | None = None
+        self._failed_at = 0.0
+        self.unreachable: str | None = None  # why the last connect failed, in plain words; None: fine
+        self.on_connect = None  # called with the handle once connected (the daemon records its address)
 
     @property
     def cluster(self):
+        """The connected handle; after a failed connect, the next attempt comes only ``RECONNECT_S``
+        later (until then the failure is raised at once: requests do not each wait for the monitors)."""
         if self.ceph is None:
             raise ValueError("no Ceph is configured on this agent")
         with self._lock:
             if self._cluster is None:
-                self._cluster = self.ceph.connect(timeout_s=self.connect_timeout_s)
+                if self._failure is not None and time.monotonic() < self._failed_at + RECONNECT_S:
+                    raise self._failure
+                try:
+                    self._cluster = self.ceph.connect(timeout_s=self.connect_timeout_s)
+                except Exception as e:
+                    self._failure, self._failed_at = e, time.monotonic()
+                    timeout_s = self.connect_timeout_s or self.ceph.config.client_mount_timeout
+                    self.unreachable = unreachable_message(self.ceph, e, timeout_s)
+                    raise
+                self._failure, self.unreachable = None, None
+                if self.on_connect is not None:
+                    self.on_connect(self._cluster)
             return self._cluster
 
     def close(self) -> None:
@@ -109,6 +127,22 @@ class Runtime:
             if self._cluster is not None and self._owns_cluster:
                 self._cluster.shutdown()
                 self._cluster = None
+
+
+RECONNECT_S = 10.0
+"""After a failed connect to Ceph, how long requests get that failure at once before the next try."""
+
+
+def unreachable_message(ceph, error: Exception, timeout_s: int) -> str:
+    """Why Ceph cannot be used, in plain words for operators and API clients."""
+    c = ceph.config
+    if c.backend == "fake":
+        return f"Ceph (fake backend at {c.fake_root}) cannot be opened: {error}"
+    if isinstance(error, ceph.rados.TimedOut):
+        why = f"no monitor in {c.conf} answered within {timeout_s} s (client_mount_timeout)"
+    else:
+        why = f"connecting as client.{c.client} with {c.conf} failed: {type(error).__name__}: {error}"
+    return f"Ceph is unreachable: {why}; file and SFTP backup storage keep working"
 
 
 class StorageKind(Protocol):

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from zsagent.ceph.images import remove_image
+from zsagent.ceph.images import full_try, remove_image
 from zsagent.ceph.snapshots import forget_snapshot
 from zsagent.sinks.base import Journal
 from zsagent.sinks.rbd_image import RbdCloneSink, RbdImageSink
@@ -56,7 +56,7 @@ class CephStorage:
         volume = job.volume
         rbd = runtime.ceph.rbd
         mode = CephCopyMode(job.tags.mode or settings.mode) if volume.kind == "ceph" else CephCopyMode.COPY
-        dst_ioctx = runtime.cluster.open_ioctx(settings.pool)
+        dst_ioctx = full_try(runtime.cluster.open_ioctx(settings.pool))  # a full pool fails at once
         handles = [dst_ioctx]
         ref: dict[str, Any] = {"kind": self.name, "pool": settings.pool, "image": job.image_uuid}
         try:
