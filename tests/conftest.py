@@ -257,3 +257,13 @@ def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]
         yield _ssh_server({k: exports[f"ZSAGENT_TEST_SSHD_{k}"] for k in SSHD_ENV})
     finally:
         run_down_script("sshd", workdir)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The figures measured by the fault and load tests (tests/figures.py), one line each."""
+    from figures import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("figures")
+        for test, text in FIGURES:
+            terminalreporter.write_line(f"{test}: {text}")

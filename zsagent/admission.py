@@ -21,15 +21,22 @@ class Admission:
         self._guard = threading.Lock()
 
     @contextmanager
-    def volume(self, volume_uuid: str) -> Iterator[None]:
+    def volume(self, volume_uuid: str, cancel: threading.Event | None = None,
+               reason: Callable[[], str] = lambda: "cancelled") -> Iterator[None]:
         """Hold the volume's lock (requests for one volume are serialized; the lock is dropped when
-        nobody waits for it any more)."""
+        nobody waits for it any more); ZsError CANCELLED (saying ``reason()``) when ``cancel`` is set
+        while waiting behind another job of the same volume."""
         with self._guard:
             lock, users = self._volume_locks.get(volume_uuid, (threading.Lock(), 0))
             self._volume_locks[volume_uuid] = (lock, users + 1)
         try:
-            with lock:
+            while not lock.acquire(timeout=QUEUE_POLL_S):
+                if cancel is not None and cancel.is_set():
+                    raise ZsError(errors.CANCELLED, f"the job was cancelled while queued: {reason()}")
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             with self._guard:
                 lock, users = self._volume_locks[volume_uuid]

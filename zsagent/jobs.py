@@ -31,6 +31,9 @@ from zsagent.store import JobRecord, Store
 
 log = logging.getLogger(__name__)
 
+EXPIRE_SWEEP_S = 60.0
+"""Seconds between two removals of expired job records from the store."""
+
 
 class JobState(enum.StrEnum):
     QUEUED = "queued"
@@ -158,6 +161,7 @@ class JobManager:
         self.webhook_backoff_s = webhook_backoff_s
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._next_sweep = 0.0  # time.monotonic() of the next DELETE of expired job records
         self._threads: set[threading.Thread] = set()
 
     def submit(self, job: Job, work: Work, volume_uuid: str | None = None) -> Job:
@@ -250,8 +254,9 @@ class JobManager:
                            job.readable_by_uuid)
         else:
             record = self.store.get_job(job_uuid)
-            if record is None or record.result is None:
-                return None
+            if record is None or record.result is None or (
+                    record.finished_epoch is not None and record.finished_epoch < time.time() - self.retention_s):
+                return None  # expired (the store forgets it at the next sweep)
             view = JobView(record.uuid, False, _succeeded(record.result), record.result, None,
                            record.account_uuid, record.readable_by_uuid)
         if caller_uuid is not ANYONE and not view.readable_by(caller_uuid):  # type: ignore[arg-type]
@@ -294,11 +299,19 @@ class JobManager:
         return self.store.get_job(job_uuid) is not None
 
     def expire(self) -> None:
+        """Drop the jobs finished more than ``retention_s`` ago from memory, and from the store at most
+        once per EXPIRE_SWEEP_S: every poll calls this on the API's event loop, and a write there waits
+        for the store behind every running job (``view`` hides expired records meanwhile)."""
         cutoff = time.time() - self.retention_s
+        now = time.monotonic()
         with self._lock:
             for uuid in [u for u, j in self._jobs.items() if j.finished_epoch and j.finished_epoch < cutoff]:
                 del self._jobs[uuid]
-        self.store.forget_jobs_before(cutoff)
+            sweep = now >= self._next_sweep
+            if sweep:
+                self._next_sweep = now + EXPIRE_SWEEP_S
+        if sweep:
+            self.store.forget_jobs_before(cutoff)
 
     def wait_all(self, timeout_s: float | None = None) -> bool:
         """Wait for running jobs; True when none is left."""

@@ -133,10 +133,11 @@ class TemplateService:
             self.metrics.queued.inc()
             queued = True
             try:
-                with self.admission.volume(volume.uuid):
+                reason = lambda: job.cancel_reason  # noqa: E731
+                with self.admission.volume(volume.uuid, job.cancel, reason):
                     # a retry first removes what an earlier attempt on this volume or template left
                     self.janitor.settle(volume.uuid, image_uuid, self.config.agent.cleanup_wait_s, job.cancel)
-                    with self.admission.slot(job.cancel, lambda: job.cancel_reason):
+                    with self.admission.slot(job.cancel, reason):
                         self.metrics.queued.dec()
                         queued = False
                         job.set_state(JobState.RUNNING)

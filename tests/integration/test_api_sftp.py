@@ -115,3 +115,69 @@ def test_check_reports_the_sftp_backup_storage(sftp_api, tmp_path):
     bad = {**raw, "backup_storage": [{**raw["backup_storage"][0], "known_hosts": str(empty)}]}
     problems = [(what, fix) for ok, what, fix in run_checks(parse_config(bad)) if not ok]
     assert len(problems) == 1 and "verify the server's key fingerprint" in problems[0][1]
+
+
+def _our_sftp_ssh_pids() -> list[int]:
+    """ssh processes this (the agent's) process started for SFTP sessions."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == os.getpid() and argv[0].endswith(b"ssh") and b"sftp" in argv:
+            found.append(int(entry))
+    return found
+
+
+def test_upload_whose_sshd_session_is_killed_mid_copy_resumes_and_is_right(sftp_api, monkeypatch, caplog):
+    """What an operator sees when sshd restarts mid-upload: the job still succeeds, the md5 is the
+    server's md5sum, and the log says how much was sent again (the streaming qcow2 upload resumes the
+    same way: tests/integration/test_sftp_resume.py)."""
+    fmt = "raw"
+    import os
+    import signal
+    import threading
+
+    from sftp_faults import sshd_processes_serving
+
+    from zsagent.sources import rbd_snapshot
+
+    api, env = sftp_api, sftp_api.env
+    if api.sshd.host not in ("127.0.0.1", "localhost"):
+        pytest.fail("this test kills the server's session process and needs the sshd on this host")
+    vol = volume(env)
+    killed: list[int] = []
+    lock = threading.Lock()
+    original = rbd_snapshot.RbdSnapshotSource.read
+
+    def read(self, offset, length):
+        with lock:
+            if offset >= 2 * MiB and not killed:  # the upload has started: cut its connection once
+                for ssh_pid in _our_sftp_ssh_pids():
+                    for pid in sshd_processes_serving(ssh_pid, api.sshd.port):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+        return original(self, offset, length)
+
+    monkeypatch.setattr(rbd_snapshot.RbdSnapshotSource, "read", read)
+    answer = api.post_create(vol, systemTags=[f"template::format::{fmt}"])
+    assert killed, "no sshd session was killed"
+    assert answer.status_code == 200, answer.text
+    inv = answer.json()["inventory"]
+    path = inv["backupStorageRefs"][0]["installPath"]
+    assert remote(api.sshd, "md5sum", path).stdout.split()[0] == inv["md5Sum"]
+    if fmt == "raw":
+        assert inv["md5Sum"] == env.export_md5(env.src_pool, vol)
+    else:
+        check = remote(api.sshd, "qemu-img", "check", path)
+        assert check.returncode == 0, check.stdout + check.stderr
+    assert remote(api.sshd, "find", api.base, "-name", "*.part").stdout == ""
+    assert "resumed (reconnection 1)" in caplog.text

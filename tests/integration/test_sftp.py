@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sftp_faults import sshd_processes_serving
 from support import md5sum_file
 
 from zsagent.copy.errors import AllSinksFailed
@@ -311,10 +312,11 @@ def test_sftp_session_reports_server_extensions(settings):
 
 
 def test_killed_ssh_mid_upload_raises_and_leaves_no_part(tmp_path, sshd_server, settings, remote_dir):
+    """With resuming off (tests/integration/test_sftp_resume.py has it on): the failure is clean."""
     src = tmp_path / "vol.raw"
     src.write_bytes(os.urandom(48 * MiB))
     dst = f"{remote_dir}/new/t.raw"
-    sink = SftpRawSink(settings, dst)
+    sink = SftpRawSink(dataclasses.replace(settings, resume_attempts=0), dst)
     killed = threading.Event()
 
     def cut(done, total):
@@ -335,54 +337,11 @@ def test_killed_ssh_mid_upload_raises_and_leaves_no_part(tmp_path, sshd_server, 
     assert remote_tree(sshd_server, remote_dir) == []
 
 
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[len("socket:["):-1])
-    return inodes
-
-
-def _tcp_connections() -> list[tuple[int, int, str]]:
-    """(local port, remote port, socket inode) of every TCP socket in this network namespace."""
-    rows = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for line in f:
-                fields = line.split()
-                rows.append((int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16),
-                             fields[9]))
-    return rows
-
-
-def sshd_processes_serving(ssh_pid: int, server_port: int) -> list[int]:
-    """The sshd processes on this host that hold the server end of ssh_pid's TCP connection."""
-    mine = _socket_inodes(ssh_pid)
-    table = _tcp_connections()
-    client_ports = {lp for lp, rp, inode in table if inode in mine and rp == server_port}
-    server_inodes = {inode for lp, rp, inode in table if lp == server_port and rp in client_ports}
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == ssh_pid:
-            continue
-        try:
-            if _socket_inodes(int(entry)) & server_inodes:
-                found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 def test_killed_server_session_mid_upload_raises_and_leaves_no_part(sshd_server, settings, remote_dir):
     if sshd_server.host not in ("127.0.0.1", "localhost"):
         pytest.fail("this test kills the server's session process and needs the sshd on this host")
     dst = f"{remote_dir}/t.qcow2"
-    target = SftpTarget(settings, dst)
+    target = SftpTarget(dataclasses.replace(settings, resume_attempts=0), dst)
     target.open()
     target.write(os.urandom(2 * MiB))
     server_side = sshd_processes_serving(target.ssh_pids[0], settings.port)
@@ -399,7 +358,7 @@ def test_killed_server_session_mid_upload_raises_and_leaves_no_part(sshd_server,
 
 def test_silent_server_hits_the_idle_timeout_and_leaves_no_part(sshd_server, settings, remote_dir):
     dst = f"{remote_dir}/sub/t.bin"
-    target = SftpTarget(dataclasses.replace(settings, idle_timeout_s=1), dst)
+    target = SftpTarget(dataclasses.replace(settings, idle_timeout_s=1, resume_attempts=0), dst)
     target.open()
     os.kill(target.ssh_pids[0], signal.SIGSTOP)  # ssh stops reading and answering; our code kills it
     started = time.monotonic()

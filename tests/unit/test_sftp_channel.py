@@ -156,3 +156,26 @@ def test_missing_ssh_binary(tmp_path):
                             ssh_binary=str(tmp_path / "no-ssh"))
     with pytest.raises(SshConnectError, match="cannot run"):
         SftpClient.connect(settings)
+
+
+def test_kept_writes_the_server_never_answered_are_handed_back_once_in_offset_order(fake):
+    client = fake("silent", idle_timeout_s=0.3)
+    for i in (2, 0, 3, 1):
+        client.channel.write(b"h1", i * 1000, bytes([i]) * 1000, "/f", keep=True)
+    client.channel.write(b"h1", 9000, b"n" * 10, "/f")  # not kept: the caller cannot resend it
+    with pytest.raises(IdleTimeout):
+        client.drain()
+    assert [(offset, bytes(data)) for offset, data in client.channel.lost_writes()] == [
+        (i * 1000, bytes([i]) * 1000) for i in range(4)]
+    assert client.channel.lost_writes() == []
+    client.close()
+
+
+def test_confirmed_writes_are_not_kept_and_acked_end_is_the_highest_confirmed_offset(fake):
+    with fake() as client:
+        handle = client.open("/f", p.FXF_WRITE)
+        for start in range(0, 1 << 20, 64 * 1024):
+            client.channel.write(handle, start, b"x" * (64 * 1024), "/f", keep=True)
+        client.drain()
+        assert client.channel.acked_end == 1 << 20
+    assert client.channel.lost_writes() == []

@@ -42,6 +42,10 @@ def error_response(error: ErrorCode, status: int = 503) -> JSONResponse:
     return JSONResponse({"error": error.to_json()}, status_code=status)
 
 
+SYNC_POLL_S = 0.05
+"""How often a plain (synchronous) create looks whether its job has finished."""
+
+
 def _owner_of(auth: Authenticator, credentials: Credentials) -> str | None:
     """The account the credentials name, or None when the session is not valid (the job then fails with
     ID.1001, as ZStack answers it)."""
@@ -105,7 +109,8 @@ def create_app(service: TemplateService, jobs: JobManager, auth: Authenticator) 
         if job_uuid is not None or job.webhook or "respond-async" in request.headers.get("prefer", ""):
             location = f"{str(request.base_url).rstrip('/')}{API}/api-jobs/{job.uuid}"
             return JSONResponse({"location": location, "apiTimeout": timeout_s * 1000}, status_code=202)
-        await asyncio.to_thread(job.done.wait)
+        while not job.done.is_set():  # not asyncio.to_thread: waiting callers would hold the default
+            await asyncio.sleep(SYNC_POLL_S)  # executor's few threads, which the classic endpoint needs
         if job.success:
             return JSONResponse(with_schema(job.body, answers, request.headers))
         # zsagent's own synchronous mode keeps its status per error (400 invalid, 404 not found, ...)

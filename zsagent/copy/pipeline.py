@@ -127,11 +127,21 @@ class _Copy:
     # -- errors -----------------------------------------------------------------------------------
 
     def fail(self, error: BaseException) -> None:
-        """Record the first fatal error and stop everything."""
+        """Record the first fatal error and stop everything (sinks with ``interrupt()`` are told, so that
+        none keeps a writer waiting)."""
         with self.lock:
-            if self.error is None:
+            first = self.error is None
+            if first:
                 self.error = error
         self.stop.set()
+        if first:
+            for sink in self.sinks:
+                interrupt = getattr(sink, "interrupt", None)
+                if interrupt is not None:
+                    try:
+                        interrupt()
+                    except Exception:  # noqa: BLE001 - the first error is what the caller gets
+                        log.exception("interrupt of %s failed", sink.description)
 
     def drop_sink(self, sink: Sink, error: BaseException, action: str) -> None:
         """Take a failed sink out of the copy; the copy goes on while another sink is alive."""
@@ -253,10 +263,22 @@ class _Copy:
                 self.check_cancel()
             except CopyCancelled as e:
                 self.fail(e)
+        if self.error is None:
+            self._confirm_source_unchanged()
         if self.error is not None:
             self._abort_all()
             raise self.error
         return self._commit_all()
+
+    def _confirm_source_unchanged(self) -> None:
+        """After the last read, before anything is published: the source held still (see Source)."""
+        confirm = getattr(self.source, "confirm_unchanged", None)
+        if confirm is None:
+            return
+        try:
+            confirm()
+        except Exception as e:  # noqa: BLE001 - SourceChanged, or the check itself failed
+            self.fail(SourceError(f"the volume did not stay as it was while it was copied: {e}"))
 
     def _open_sinks(self, extents: list[Extent]) -> None:
         self.live = list(self.sinks)
@@ -280,7 +302,9 @@ class _Copy:
                 self.fifo.put((piece, None))
                 continue
             while not self.slots.acquire(timeout=0.1):
-                if self.stop.is_set() or self.cancel.is_set():
+                if self.cancel.is_set():
+                    self.fail(CopyCancelled())
+                if self.stop.is_set():
                     return
             self.fifo.put((piece, pool.submit(self.read_chunk, piece)))
 

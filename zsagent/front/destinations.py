@@ -127,6 +127,12 @@ class Md5Beside:
         self._md5_upload.commit()
         return SinkResult(result.install_path, result.actual_size, result.parent, md5)
 
+    def interrupt(self) -> None:
+        """The copy stopped: an upload waiting to reconnect gives up at once (zsagent.sinks.base.Sink)."""
+        interrupt = getattr(self.sink, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+
     def abort(self) -> None:
         self.sink.abort()
         self._md5_upload.abort()

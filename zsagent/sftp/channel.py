@@ -7,8 +7,10 @@
 Requests are registered under their id before they are sent; the reader thread matches each reply to
 its request. WRITEs are fire-and-forget for the caller (at most ``requests_in_flight`` unanswered; the
 first failed one is raised by the next write or by ``drain()``); every other request waits for its
-reply. When the server stays silent for ``idle_timeout_s`` while requests are outstanding (ten times
-that for fsync, close and truncation), or ssh exits, the session fails: every waiter gets the same
+reply. A WRITE sent with ``keep=True`` holds its data until the server answers it, so that when the
+session is lost the writes it never confirmed can be sent again on another session (``lost_writes``).
+When the server stays silent for ``idle_timeout_s`` while requests are outstanding (ten times that for
+fsync, close and truncation), or ssh exits, the session fails: every waiter gets the same
 ConnectionLost, naming ssh's exit status and its last words on stderr.
 """
 
@@ -73,22 +75,24 @@ class _Request:
 
 
 class _Write:
-    """An outstanding WRITE: where it went, for the error message."""
+    """An outstanding WRITE: where it went, for the error message; ``data`` when kept for a resend."""
 
-    __slots__ = ("path", "offset", "length")
+    __slots__ = ("path", "offset", "length", "data")
     patient = False
 
-    def __init__(self, path: str, offset: int, length: int) -> None:
+    def __init__(self, path: str, offset: int, length: int, data: memoryview | bytes | None = None) -> None:
         self.path = path
         self.offset = offset
         self.length = length
+        self.data = data
 
 
 class SftpChannel:
     """One ssh process speaking SFTP v3. Thread-safe: any thread may send requests.
 
     ``extensions``: what the server announced in SSH_FXP_VERSION (name -> data).
-    ``bytes_acked``: WRITE data bytes the server confirmed.
+    ``bytes_acked``: WRITE data bytes the server confirmed; ``acked_end``: the highest end offset
+    (offset + length) of a confirmed WRITE.
     """
 
     def __init__(self, settings: SftpSettings, argv: Sequence[str] | None = None) -> None:
@@ -98,6 +102,8 @@ class SftpChannel:
         self.extensions: dict[str, bytes] = {}
         self.version: int | None = None
         self.bytes_acked = 0
+        self.acked_end = 0
+        self._lost: list[_Write] = []
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
         self._fd = -1
@@ -256,11 +262,13 @@ class SftpChannel:
         reader.pos = 5
         return req.kind, reader
 
-    def write(self, handle: bytes, offset: int, data: memoryview | bytes, path: str) -> None:
+    def write(self, handle: bytes, offset: int, data: memoryview | bytes, path: str, keep: bool = False) -> None:
         """Send one WRITE of at most ``settings.request_bytes``; return without waiting for its answer.
 
         Blocks while ``requests_in_flight`` WRITEs are unanswered. Raises the session's error, or the
-        first WRITE the server refused.
+        first WRITE the server refused. ``keep``: hold a reference to ``data`` until the answer (the
+        caller must not change it meanwhile), so that ``lost_writes()`` can return it if the session
+        ends first. A write that raises is never among ``lost_writes()``: its caller still has it.
         """
         with self._cond:
             while (self._writes_in_flight >= self.settings.requests_in_flight and self._error is None
@@ -271,7 +279,7 @@ class SftpChannel:
             if self._write_error is not None:
                 raise self._write_error
             self._writes_in_flight += 1
-        req = _Write(path, offset, len(data))
+        req = _Write(path, offset, len(data), data if keep else None)
         with self._send_lock:
             try:
                 rid = self._register(req)
@@ -282,7 +290,19 @@ class SftpChannel:
             try:
                 self._write_all([p.write_header(rid, handle, offset, len(data)), data])
             except OSError as e:
-                raise self._sent_failed(e) from e
+                error = self._sent_failed(e)
+                with self._cond:  # the caller resends this one itself
+                    self._pending.pop(rid, None)
+                    if req in self._lost:
+                        self._lost.remove(req)
+                raise error from e
+
+    def lost_writes(self) -> list[tuple[int, memoryview | bytes]]:
+        """After the session failed: (offset, data) of every kept WRITE it sent and the server never
+        answered, in offset order; each is returned once."""
+        with self._cond:
+            lost, self._lost = self._lost, []
+        return sorted(((w.offset, w.data) for w in lost if w.data is not None), key=lambda item: item[0])
 
     @property
     def writes_in_flight(self) -> int:
@@ -359,6 +379,7 @@ class SftpChannel:
                 status = p.parse_status(_after_id(body))
                 if status.code == p.FX_OK:
                     self.bytes_acked += req.length
+                    self.acked_end = max(self.acked_end, req.offset + req.length)
                 elif self._write_error is None:
                     where = f"{req.path} (offset {req.offset}, {req.length} bytes)"
                     self._write_error = status_error("WRITE", where, status, self.target)
@@ -422,6 +443,7 @@ class SftpChannel:
             if self._error is None:
                 self._error = error
             waiting = [r for r in self._pending.values() if isinstance(r, _Request)]
+            self._lost.extend(r for r in self._pending.values() if isinstance(r, _Write) and r.data is not None)
             self._pending.clear()
             self._patient = 0
             self._writes_in_flight = 0

@@ -46,6 +46,10 @@ class ConnectionLost(SftpError):
     """An established SFTP session ended before its work was done (ssh exited, killed, network cut)."""
 
 
+class ResumeImpossible(SftpError):
+    """A lost upload cannot go on: its .part is gone or shorter than what the server had confirmed."""
+
+
 class IdleTimeout(ConnectionLost):
     """The server answered nothing for ``idle_timeout_s`` while requests were outstanding."""
 

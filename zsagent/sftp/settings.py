@@ -44,6 +44,12 @@ class SftpSettings:
     flush_behind_bytes: once this many bytes were sent, a separate session asks the server to fsync the
         .part, and again after every further this many, so that the commit's fsync finds little left to
         write (zsagent.sftp.flush_behind); None: only the commit's fsync.
+    resume_attempts: when an upload's connection is lost (sshd killed, connection reset, the server
+        silent for idle_timeout_s), this many reconnections are tried before the upload fails; each
+        resends only the WRITEs the server had not confirmed and goes on (zsagent.sftp.upload). 0: fail
+        at once.
+    resume_backoff_s: seconds before the first reconnection; doubled before each further one, up to
+        resume_backoff_max_s.
     ssh_binary: the OpenSSH client to run.
     """
 
@@ -64,6 +70,9 @@ class SftpSettings:
     request_bytes: int = MAX_WRITE_DATA_BYTES
     requests_in_flight: int = 64
     flush_behind_bytes: int | None = 64 * 1024 * 1024
+    resume_attempts: int = 5
+    resume_backoff_s: float = 1.0
+    resume_backoff_max_s: float = 30.0
     ssh_binary: str = "ssh"
 
     def __post_init__(self) -> None:
@@ -94,6 +103,14 @@ class SftpSettings:
             raise ValueError("requests_in_flight must be between 1 and 1024")
         if self.flush_behind_bytes is not None and self.flush_behind_bytes < 1024 * 1024:
             raise ValueError("flush_behind_bytes must be at least 1 MiB (or None for no flush-behind)")
+        if not 0 <= self.resume_attempts <= 100:
+            raise ValueError("resume_attempts must be between 0 and 100")
+        if not 0 < self.resume_backoff_s <= self.resume_backoff_max_s <= 3600:
+            raise ValueError("resume_backoff_s must be positive and at most resume_backoff_max_s (at most 3600)")
+
+    def resume_delay_s(self, attempt: int) -> float:
+        """Seconds to wait before reconnection ``attempt`` (1, 2, ...)."""
+        return min(self.resume_backoff_s * 2 ** min(attempt - 1, 30), self.resume_backoff_max_s)
 
     @property
     def target(self) -> str:

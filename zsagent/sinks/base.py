@@ -75,6 +75,8 @@ class Sink(Protocol):
     the raw content (None when the copy did not hash it); a sink that checks what it stored compares with
     it instead of hashing again. ``abort()`` may be called at any point, also after a failed ``open`` or
     ``commit``, removes a template the failed commit had already published, and never raises.
+    A sink may also have ``interrupt()``: called (from any thread) when the copy stops on a cancel or an
+    error, it makes a write that waits (e.g. for a reconnection) give up at once; ``abort()`` follows.
     """
 
     description: str

@@ -162,6 +162,8 @@ class _HeldCommit:
         self.open, self.write, self.abort = sink.open, sink.write, sink.abort
         if sink.sequential:
             self.zero = sink.zero
+        if hasattr(sink, "interrupt"):
+            self.interrupt = sink.interrupt
 
     def commit(self, content_md5: str | None = None) -> SinkResult:
         return SinkResult(self.description, 0)

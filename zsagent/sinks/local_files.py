@@ -32,7 +32,12 @@ def make_parents(path: Path, created: list[Path]) -> None:
             break
         missing.append(parent)
     for directory in reversed(missing):
-        directory.mkdir()
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            if directory.is_dir():
+                continue  # made by a concurrent job meanwhile: not ours to remove
+            raise
         created.append(directory)
 
 

@@ -107,10 +107,20 @@ class Qcow2StreamSink:
         self._committed = True
         return SinkResult(install_path, actual_size, md5=file_md5)
 
+    def interrupt(self) -> None:
+        """The copy stopped: a target write that waits (an SFTP reconnection) gives up at once."""
+        self._stop.set()
+        interrupt = getattr(self.target, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+
     def abort(self) -> None:
         if self._committed:
             return
         self._stop.set()
+        interrupt = getattr(self.target, "interrupt", None)
+        if interrupt is not None and self._thread is not None and self._thread.is_alive():
+            interrupt()
         try:
             thread = self._thread
             if thread is not None and thread.is_alive():

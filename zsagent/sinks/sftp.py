@@ -62,6 +62,14 @@ class SftpRawSink:
     def abort(self) -> None:
         self._upload.abort()
 
+    def interrupt(self) -> None:
+        self._upload.interrupt()
+
+    @property
+    def upload(self) -> RemoteUpload:
+        """The upload itself (its resume figures: ``bytes_resent``, ``resumes``)."""
+        return self._upload
+
     @property
     def ssh_pids(self) -> list[int]:
         """Process ids of the ssh clients (for diagnostics and failure tests)."""
@@ -99,6 +107,14 @@ class SftpTarget:
 
     def abort(self) -> None:
         self._upload.abort()
+
+    def interrupt(self) -> None:
+        self._upload.interrupt()
+
+    @property
+    def upload(self) -> RemoteUpload:
+        """The upload itself (its resume figures: ``bytes_resent``, ``resumes``)."""
+        return self._upload
 
     @property
     def ssh_pids(self) -> list[int]:

@@ -22,6 +22,9 @@ class Source(Protocol):
     ``offset`` into a writable buffer, every byte of it.
     ``qemu_input``: how qemu-img reads the same bytes (the qemu-img engine, zsagent.qemu_img); None: qemu-img
     cannot read this source (e.g. a volume of the fake Ceph backend).
+    A source may also have ``confirm_unchanged()``: called once after the last read, before anything is
+    published, it raises zsagent.sources.unchanged.SourceChanged when the volume did not hold still
+    (deleted, resized, written, its snapshot removed), and the copy fails.
     """
 
     size: int

@@ -36,6 +36,7 @@ from zsagent.sources.qcow2_layers import (
     RawLayer,
 )
 from zsagent.sources.qemu_locks import ImageInUse, hold_read_locks
+from zsagent.sources.unchanged import FileIdentity
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Qcow2FileSource:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self.qemu_input: QemuInput | None = ("qcow2", os.path.abspath(self.path))
+        self._identity = FileIdentity(self.path)  # the top image file (its backing files are not watched)
         self.layers: list[Qcow2Layer | RawLayer] = []
         self.chain: list[str] = []
         self._fds: list[int] = []
@@ -160,6 +162,10 @@ class Qcow2FileSource:
                 part[:] = cluster[start - cluster_start:start - cluster_start + n]
             elif not zeroed:
                 _fill_zeros(part)
+
+    def confirm_unchanged(self) -> None:
+        """SourceChanged when the image file was deleted, replaced, resized or written while it was read."""
+        self._identity.confirm()
 
     def close(self) -> None:
         fds, self._fds = self._fds, []

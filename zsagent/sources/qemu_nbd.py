@@ -18,6 +18,7 @@ from zsagent.processes import dies_with_agent, stop_process
 from zsagent.sinks.base import NO_JOURNAL, Journal
 from zsagent.sources.base import QemuInput
 from zsagent.sources.nbd import NbdSource
+from zsagent.sources.unchanged import FileIdentity
 
 TEMP_DIR_KIND = "temp-dir"
 """Journal entries of a local temporary directory: ``{"path"}`` (zsagent.cleanup removes it)."""
@@ -37,6 +38,7 @@ class QemuNbdSource:
         """``journal``: where the socket directory is recorded (kind TEMP_DIR_KIND) while it exists."""
         self.path = os.fspath(path)
         self.qemu_input: QemuInput | None = (image_format, os.path.abspath(self.path))
+        self._identity = FileIdentity(self.path)  # the top image file (its backing files are not watched)
         self._dir = tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX)
         self._journal = journal
         self._dir_id: int | None = journal.record(TEMP_DIR_KIND, {"path": self._dir})
@@ -76,6 +78,10 @@ class QemuNbdSource:
 
     def read(self, offset: int, length: int) -> bytes:
         return self._export.read(offset, length)
+
+    def confirm_unchanged(self) -> None:
+        """SourceChanged when the image file was deleted, replaced, resized or written while it was read."""
+        self._identity.confirm()
 
     def close(self) -> None:
         if self._export is not None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from zsagent.copy.extents import Extent, covering
 from zsagent.sources.base import QemuInput
+from zsagent.sources.unchanged import FileIdentity
 
 
 class RawFileSource:
@@ -19,6 +20,7 @@ class RawFileSource:
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self.size = os.lseek(self._fd, 0, os.SEEK_END)
+            self._identity = FileIdentity(self.path, self._fd)
         except BaseException:
             os.close(self._fd)
             raise
@@ -50,6 +52,10 @@ class RawFileSource:
                 break
             data += more
         return data
+
+    def confirm_unchanged(self) -> None:
+        """SourceChanged when the file was deleted, replaced, resized or written while it was read."""
+        self._identity.confirm()
 
     def close(self) -> None:
         if self._fd >= 0:

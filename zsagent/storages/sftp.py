@@ -44,6 +44,9 @@ class SftpStorageSettings(FileTemplates):
     remote_commands: bool = True
     connections: int = 1
     flush_behind_bytes: int = 64 * 1024 * 1024
+    resume_attempts: int = 5
+    resume_backoff_s: float = 1.0
+    resume_backoff_max_s: float = 30.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,6 +54,10 @@ class SftpStorageSettings(FileTemplates):
             raise ValueError(f"path: {self.path!r} is not an absolute, normalised remote path")
         if self.flush_behind_bytes < 0 or 0 < self.flush_behind_bytes < 1024 * 1024:
             raise ValueError("flush_behind_bytes: 0 (off) or at least 1 MiB (1048576)")
+        for key in ("resume_backoff_s", "resume_backoff_max_s"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{key}: must be a number of seconds, not {type(value).__name__}")
         if self.bandwidth_bytes_per_s < 0:
             raise ValueError("bandwidth_bytes_per_s: must not be negative (0: no limit)")
         self.connection()  # SftpSettings checks hostname, port, username, connections, ...
