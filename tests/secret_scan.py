@@ -39,14 +39,17 @@ class _Collector(logging.Handler):
         self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
         self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed in close()
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def emit(self, record: logging.LogRecord) -> None:  # called under self.lock (Handler.handle)
+        if self._file.closed:  # a job thread still logging after the session ended
+            return
         try:
             self._file.write(self.format(record) + "\n")
         except Exception:  # noqa: BLE001 - a broken record must not fail a test here
             self.handleError(record)
 
     def close(self) -> None:
-        self._file.close()
+        with self.lock:  # no emit() half-way through a write while the file closes
+            self._file.close()
         super().close()
 
 
