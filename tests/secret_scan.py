@@ -53,10 +53,13 @@ class _Collector(logging.Handler):
         super().close()
 
 
-_captured = Path(tempfile.mkstemp(prefix="zsagent-secret-scan-", suffix=".txt")[1])
+# The captured output of the tests, while the session's scan runs (made by it, removed by it).
+_captured: Path | None = None
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if _captured is None:  # outside the session's scan (e.g. the last teardown's report)
+        return
     with open(_captured, "a", encoding="utf-8", errors="replace") as f:
         for title, text in report.sections:
             if title.startswith("Captured"):
@@ -113,17 +116,24 @@ def leaks(secrets: dict[str, str], places: Iterator[Path]) -> list[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_leaves_the_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    collector = _Collector(_captured)
-    logging.getLogger().addHandler(collector)
+    global _captured
+    fd, name = tempfile.mkstemp(prefix="zsagent-secret-scan-", suffix=".txt")
+    os.close(fd)
+    captured = _captured = Path(name)
     try:
-        yield
+        collector = _Collector(captured)
+        logging.getLogger().addHandler(collector)
+        try:
+            yield
+        finally:
+            logging.getLogger().removeHandler(collector)
+            collector.close()
+        base = tmp_path_factory.getbasetemp()
+        secrets = {**secrets_in(base), **{s: "a registered secret" for s in support.KNOWN_SECRETS}}
+        found = leaks(secrets, iter([captured, *_outputs(base)]))
     finally:
-        logging.getLogger().removeHandler(collector)
-        collector.close()
-    base = tmp_path_factory.getbasetemp()
-    secrets = {**secrets_in(base), **{s: "a registered secret" for s in support.KNOWN_SECRETS}}
-    found = leaks(secrets, iter([_captured, *_outputs(base)]))
-    _captured.unlink(missing_ok=True)
+        _captured = None
+        captured.unlink(missing_ok=True)
     if found:
         pytest.fail("secrets found where the agent writes or speaks:\n  " + "\n  ".join(sorted(set(found))),
                     pytrace=False)
