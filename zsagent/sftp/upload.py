@@ -326,8 +326,9 @@ class RemoteUpload:
         raise ConnectionLost(f"upload of {self.part} to {self.target}: connection lost ({error}) and "
                              f"{attempts} reconnections failed, the last with: {last}", self.target) from error
 
-    def _drop_sessions(self) -> None:
-        """Kill every session; keep their unconfirmed WRITEs and the highest offset they confirmed."""
+    def _detach_sessions(self) -> list:
+        """Take every session away from the upload (stopping the flush-behind and the standby
+        connection) and return them, for the caller to kill or reuse."""
         with self._lock:
             sessions, self._sessions, self._handles = self._sessions, [], []
             flush, self._flush = self._flush, None
@@ -336,6 +337,11 @@ class RemoteUpload:
             flush.kill()
         if standby is not None:
             standby.cancel()
+        return sessions
+
+    def _drop_sessions(self) -> None:
+        """Kill every session; keep their unconfirmed WRITEs and the highest offset they confirmed."""
+        sessions = self._detach_sessions()
         for session in sessions:
             session.channel.kill()
         for session in sessions:
@@ -529,15 +535,7 @@ class RemoteUpload:
             self._abort()
 
     def _abort(self) -> None:
-        with self._lock:
-            sessions, self._sessions = self._sessions, []
-            self._handles = []
-            flush, self._flush = self._flush, None
-            standby, self._standby = self._standby, None
-        if flush is not None:
-            flush.kill()
-        if standby is not None:
-            standby.cancel()
+        sessions = self._detach_sessions()
         for session in sessions[1:]:
             session.channel.kill()
             session.close()
