@@ -172,9 +172,9 @@ def _leftovers(config: Config) -> Iterator[Finding]:
     path = os.path.join(config.agent.data_dir, "zsagent.db")
     if not os.path.exists(path):
         return
-    from zsagent.store import Store
+    from zsagent.store import SqliteStore
 
-    store = Store(path)
+    store = SqliteStore(path)
     try:
         artifacts = store.artifacts()
     finally:

@@ -7,7 +7,6 @@ or configuration; 130 cancelled with Ctrl-C (nothing is left behind).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
@@ -39,11 +38,11 @@ def open_service(config: Config):
     from zsagent.copy import md5
     from zsagent.filemodes import private_dir
     from zsagent.service import TemplateService
-    from zsagent.store import Store
+    from zsagent.store import agent_id, open_store
 
     private_dir(config.agent.data_dir)
     md5.choose(config.agent.data_dir)  # the cached choice the daemon uses (measured if none yet)
-    store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
+    store = open_store(config, agent_id(config))
     return TemplateService(config, store)
 
 

@@ -9,11 +9,11 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zsagent.filemodes import private_dir, private_file
+from zsagent.store.records import Artifact, FrontCall, ImageRecord, JobRecord
 
 SCHEMA_VERSION = 1
 
@@ -78,51 +78,7 @@ _ADDED_COLUMNS = {
 owner, and only the admin reads them; its journal entries no volume, so only a restart's cleanup takes them)."""
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    uuid: str
-    account_uuid: str
-    volume_uuid: str
-    fingerprint: str
-    inventory: dict[str, Any]
-    refs: list[dict[str, Any]]
-    tags: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """A job as stored; created_epoch / finished_epoch: seconds since 1970."""
-
-    uuid: str
-    volume_uuid: str | None
-    state: str
-    result: dict[str, Any] | None
-    http_status: int | None
-    errors: list[dict[str, Any]]
-    created_epoch: float
-    finished_epoch: float | None
-    point_in_time: dict[str, Any] | None = None
-    account_uuid: str | None = None
-    readable_by_uuid: bool = False
-    webhook: str | None = None
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A temporary thing a job creates: ``kind`` and where it is (``spec``)."""
-
-    id: int
-    job_uuid: str
-    kind: str
-    spec: dict[str, Any]
-    volume_uuid: str | None = None
-    image_uuid: str | None = None
-    created_epoch: float = 0.0
-    attempts: int = 0
-    last_error: str | None = None
-
-
-class Store:
+class SqliteStore:
     """One SQLite database; safe to use from several threads."""
 
     def __init__(self, path: str | Path) -> None:
@@ -256,21 +212,10 @@ class Store:
                          r["image_uuid"], r["created_s"], r["attempts"], r["last_error"]) for r in rows]
 
 
-@dataclass(frozen=True)
-class FrontCall:
-    """A management-node command `zsagent front` took over and has not answered yet."""
-
-    job_uuid: str
-    task_uuid: str
-    callback_url: str
-    path: str
-    expires_epoch: float
-
-
 class FrontRecords:
     """The front's rows in the store: calls the management node waits for, and local/NFS intents."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SqliteStore) -> None:
         self.store = store
 
     def add_call(self, call: FrontCall) -> None:
@@ -336,49 +281,3 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         for name, declaration in columns:
             if name not in have:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
-
-
-class JobJournal:
-    """One job's artifact journal in the store (a zsagent.sinks.base.Journal).
-
-    ``scope()`` gives a journal that also remembers which of the entries are its own (``ids``): one per
-    destination and one for the source, so that a successful job hands exactly the published
-    destinations' entries to ``Store.put_image``.
-    """
-
-    def __init__(self, store: Store, job_uuid: str, volume_uuid: str | None = None,
-                 image_uuid: str | None = None) -> None:
-        self.store = store
-        self.job_uuid = job_uuid
-        self.volume_uuid = volume_uuid
-        self.image_uuid = image_uuid
-
-    def record(self, kind: str, spec: dict[str, Any]) -> int:
-        return self.store.journal(self.job_uuid, kind, spec, self.volume_uuid, self.image_uuid)
-
-    def forget(self, artifact_id: int) -> None:
-        self.store.clear_artifact(artifact_id)
-
-    def scope(self) -> JournalScope:
-        return JournalScope(self)
-
-
-class JournalScope:
-    """A view of a JobJournal that knows its own entries still in the journal: ``ids`` maps each to its
-    kind."""
-
-    def __init__(self, journal: JobJournal) -> None:
-        self.journal = journal
-        self.ids: dict[int, str] = {}
-        self._lock = threading.Lock()
-
-    def record(self, kind: str, spec: dict[str, Any]) -> int:
-        artifact_id = self.journal.record(kind, spec)
-        with self._lock:
-            self.ids[artifact_id] = kind
-        return artifact_id
-
-    def forget(self, artifact_id: int) -> None:
-        self.journal.forget(artifact_id)
-        with self._lock:
-            self.ids.pop(artifact_id, None)
