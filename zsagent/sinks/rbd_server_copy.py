@@ -2,8 +2,9 @@
 
 The pipeline still reads the snapshot through librbd for the MD5, so the MD5 is of exactly the snapshot's
 bits; the data it hands this sink is dropped, because the destination's objects are copied server-side from
-the same snapshot while the pipeline reads. Commit waits for every object copy, then rebuilds the object map
-(the objects were made behind librbd's back), stores the MD5 and publishes as RbdImageSink does.
+the same snapshot while the pipeline reads. The image has no object map during the copies; commit waits for
+every object copy, then turns object-map and fast-diff back on and builds the map from the objects (they were
+made behind librbd's back), stores the MD5 and publishes as RbdImageSink does.
 
 When a server-side copy would not be provably identical (zsagent.ceph.server_copy.refusal) the sink
 writes what it is handed, as RbdImageSink.
@@ -41,6 +42,7 @@ class RbdServerCopySink(RbdImageSink):
         self.snapshot = snapshot
         self.server_copy: server_copy.ObjectCopy | None = None
         self.refused: str | None = None
+        self._map_features = 0  # object-map / fast-diff bits turned off during the copies
 
     def open(self, size: int, extents: Sequence[Extent]) -> None:
         super().open(size, extents)
@@ -50,6 +52,13 @@ class RbdServerCopySink(RbdImageSink):
                 log.info("%s: written through librbd: %s", self.description, self.refused)
                 return
             object_bytes = src.stat()["obj_size"]
+            # While the objects are made behind librbd's back the image has no object map: a removal
+            # (an abort, or the cleanup after a crash) then deletes every object number instead of only
+            # those an object map would list, so no copied object outlives the image.
+            self._map_features = self.image.features() & (self.rbd.RBD_FEATURE_OBJECT_MAP
+                                                          | self.rbd.RBD_FEATURE_FAST_DIFF)
+            if self._map_features:
+                self.image.update_features(self._map_features, False)
             copy = server_copy.ObjectCopy.between(
                 self.backend, self.source_ioctx, src.snap_get_id(self.snapshot), src.block_name_prefix(),
                 self.ioctx, self.image.block_name_prefix())
@@ -71,8 +80,9 @@ class RbdServerCopySink(RbdImageSink):
             except Exception as e:
                 self.timed_out = self.timed_out or timed_out(e)
                 raise
-            if self.image.features() & self.rbd.RBD_FEATURE_OBJECT_MAP:
-                self.image.rebuild_object_map()  # also right for fast-diff: every object is marked exists
+            if self._map_features:  # back on, built from the objects there are (also fast-diff's state)
+                self.image.update_features(self._map_features, True)
+                self.image.rebuild_object_map()
         return super().commit(content_md5)
 
     def abort(self) -> None:

@@ -64,7 +64,7 @@ class CephStorage:
         handles = [dst_ioctx]
         ref: dict[str, Any] = {"kind": self.name, "pool": settings.pool, "image": job.image_uuid}
         try:
-            if mode is CephCopyMode.COPY and volume.kind == "ceph" and runtime.config.pipeline.rbd_server_side_copy \
+            if mode is CephCopyMode.COPY and volume.kind == "ceph" and job.pipeline.rbd_server_side_copy \
                     and server_copy.available(runtime.ceph):
                 src_ioctx = runtime.cluster.open_ioctx(volume.pool)
                 handles.append(src_ioctx)
