@@ -194,3 +194,17 @@ def test_the_config_switch_picks_the_sink(env, enabled):
         handle.close()
 
     assert type(destination.sink) is (RbdServerCopySink if enabled else RbdImageSink)
+
+
+def test_without_a_native_connection_the_data_goes_through_librbd(env, monkeypatch):
+    volume = make_volume(env, 3 * MiB, [(0, 3 * MiB, 2)])
+
+    def refuse(cls, *args, **kw):
+        raise OSError(errno.ECONNREFUSED, "connecting to the Ceph cluster: Connection refused")
+
+    monkeypatch.setattr(server_copy.ObjectCopy, "between", classmethod(refuse))
+
+    template, sink, result = copy(env, volume)
+
+    assert sink.server_copy is None and "Connection refused" in sink.refused
+    assert result.md5 == env.snap_md5 == env.export_md5(env.dst_pool, template)

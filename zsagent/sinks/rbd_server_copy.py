@@ -52,16 +52,20 @@ class RbdServerCopySink(RbdImageSink):
                 log.info("%s: written through librbd: %s", self.description, self.refused)
                 return
             object_bytes = src.stat()["obj_size"]
-            # While the objects are made behind librbd's back the image has no object map: a removal
-            # (an abort, or the cleanup after a crash) then deletes every object number instead of only
-            # those an object map would list, so no copied object outlives the image.
-            self._map_features = self.image.features() & (self.rbd.RBD_FEATURE_OBJECT_MAP
-                                                          | self.rbd.RBD_FEATURE_FAST_DIFF)
-            if self._map_features:
-                self.image.update_features(self._map_features, False)
-            copy = server_copy.ObjectCopy.between(
-                self.backend, self.source_ioctx, src.snap_get_id(self.snapshot), src.block_name_prefix(),
-                self.ioctx, self.image.block_name_prefix())
+            try:
+                copy = server_copy.ObjectCopy.between(
+                    self.backend, self.source_ioctx, src.snap_get_id(self.snapshot), src.block_name_prefix(),
+                    self.ioctx, self.image.block_name_prefix())
+            except OSError as e:  # e.g. the native handle cannot connect: librbd still can write
+                self.refused = f"no server-side copy: {e}"
+                log.warning("%s: written through librbd: %s", self.description, self.refused)
+                return
+        # While the objects are made behind librbd's back the image has no object map: a removal (an
+        # abort, or the cleanup after a crash) then deletes every object number instead of only those an
+        # object map would list, so no copied object outlives the image.
+        self._map_features = self.image.features() & (self.rbd.RBD_FEATURE_OBJECT_MAP | self.rbd.RBD_FEATURE_FAST_DIFF)
+        if self._map_features:
+            self.image.update_features(self._map_features, False)
         copy.start(server_copy.object_numbers(extents, object_bytes))
         self.server_copy = copy
 
