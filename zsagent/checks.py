@@ -169,17 +169,32 @@ def _backup_storages(config: Config, runtime: Runtime) -> Iterator[Finding]:
 
 
 def _leftovers(config: Config) -> Iterator[Finding]:
-    """What failed or interrupted jobs left and the agent could not remove yet (it keeps retrying)."""
-    path = os.path.join(config.agent.data_dir, "zsagent.db")
-    if not os.path.exists(path):
-        return
-    from zsagent.store import SqliteStore
+    """Which store the agent uses and what failed or interrupted jobs left that the agent could not remove
+    yet (it keeps retrying)."""
+    from zsagent.errors import ZsError
+    from zsagent.store import agent_id, open_store
+    from zsagent.store.open import DB_FILE
 
-    store = SqliteStore(path)
+    if config.store.backend == "sqlite" and not os.path.exists(os.path.join(config.agent.data_dir, DB_FILE)):
+        return
     try:
+        store = open_store(config, agent_id(config))
+    except ZsError as e:
+        yield (False, f"store: {e.error.details}", "create the pool or correct [store] pool / [ceph]")
+        return
+    try:
+        where = store.describe()
         artifacts = store.artifacts()
+    except ZsError as e:
+        yield (False, f"store: {e.error.details}", "bring the OSDs back or make room in the pool")
+        return
     finally:
         store.close()
+    if where["backend"] == "rados":
+        yield (True, f"store: RADOS pool {where['pool']}, namespace {where['namespace']} (shared by the agents "
+                     "of this cluster)", "")
+    else:
+        yield (True, f"store: SQLite {where['path']} (this host only)", "")
     failed = [a for a in artifacts if a.attempts]
     if not failed:
         yield (True, "no leftovers of failed jobs wait to be removed", "")
@@ -191,10 +206,10 @@ def _leftovers(config: Config) -> Iterator[Finding]:
 
 
 def _agents(config: Config) -> Iterator[Finding]:
-    """With the RADOS store: the store, and every agent registered there with the age of its lease
-    (zsagent.cluster.agents); one whose lease ran out is taken over by a live agent."""
-    store_settings = getattr(config, "store", None)
-    if store_settings is None or store_settings.backend != "rados":
+    """With the RADOS store: every agent registered there with the age of its lease (zsagent.cluster.agents);
+    one whose lease ran out is taken over by a live agent. (A store that cannot be opened is said by
+    _leftovers.)"""
+    if config.store.backend != "rados":
         return
     from zsagent.cluster.agents import agent_id, registered_agents
     from zsagent.store import open_store
@@ -202,16 +217,14 @@ def _agents(config: Config) -> Iterator[Finding]:
     me = agent_id(config)
     try:
         store = open_store(config, me)
-    except Exception as e:  # noqa: BLE001 - any failure to open it is the finding
-        yield (False, f"the RADOS store (pool {store_settings.pool}) cannot be opened: {type(e).__name__}: {e}",
-               "check [store] pool (it must exist: ceph osd pool create <pool>) and the [ceph] settings")
+    except Exception:  # noqa: BLE001 - said once, by _leftovers
         return
     try:
-        described = ", ".join(f"{k} {v}" for k, v in store.describe().items())
-        yield (True, f"store: {described}", "")
-        import rados
-
-        entries = registered_agents(store.ioctx, rados)
+        entries = registered_agents(store.ioctx, store.rados)
+    except store.rados.Error as e:
+        yield (False, f"the agents' registry in the store cannot be read: {type(e).__name__}: {e}",
+               "bring the OSDs back; check [store] pool")
+        return
     finally:
         store.close()
     lease_s = config.cluster.lease_s

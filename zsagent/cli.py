@@ -85,7 +85,10 @@ def serve(config_path: str, log_format: str) -> None:
 
     setup_logging(log_format)
     config = load_or_exit(config_path)
-    sys.exit(run_daemon(config))
+    try:
+        sys.exit(run_daemon(config))
+    except ZsError as e:  # e.g. the RADOS store's pool is missing: the daemon refuses to start
+        fail(e, "starting the agent")
 
 
 @main.command()
@@ -109,7 +112,10 @@ def front(config_path: str, log_format: str) -> None:
         click.echo(f"zsagent: bad configuration: {config.source}: front: fronts and upstream_url are required "
                    "for `zsagent front`", err=True)
         sys.exit(EXIT_USAGE)
-    sys.exit(serve_front(config))
+    try:
+        sys.exit(serve_front(config))
+    except ZsError as e:
+        fail(e, "starting the front")
 
 
 @main.command()

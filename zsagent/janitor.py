@@ -34,7 +34,7 @@ class Janitor:
     """``active()``: uuids of the jobs running in this process; ``started_epoch``: when this process
     started (artifacts of jobs that have no stored state are another process' unless older than that);
     ``owner``: this agent's id when the store is shared by several agents (only its artifacts are its
-    to clean), None: every artifact in the store."""
+    to clean), None (an unshared store): every artifact in it."""
 
     def __init__(self, store: Store, runtime: Runtime, active: Callable[[], set[str]], metrics=None,
                  first_backoff_s: float = FIRST_BACKOFF_S, max_backoff_s: float = MAX_BACKOFF_S) -> None:
@@ -54,7 +54,7 @@ class Janitor:
         self.before_first_sweep: Callable[[list[Artifact]], None] | None = None
         self._ended_here: set[str] = set()  # jobs of this process that are over, whatever the store says yet
         self.foreign: Callable[[], set[str]] | None = None  # jobs another part cleans itself (`zsagent front`)
-        self.owner: str | None = None
+        self.owner: str | None = store.owner if getattr(store, "shared", False) else None
 
     # -- background -------------------------------------------------------------------------------
 

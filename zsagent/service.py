@@ -80,7 +80,6 @@ class TemplateService:
         self.janitor = Janitor(store, self.runtime, self.active_jobs, self.metrics)
         self._create_guard = threading.Lock()  # makes "check resourceUuid, then claim it" atomic
         self._claimed: set[str] = set()
-        self.owner: str | None = None  # this agent's id when several agents share the store (zsagent.cluster)
         self.volume_owner = VolumeOwnership(
             config.auth.unknown_volume_owner,
             ManagementNodeVolumes(config.auth.zstack_url) if config.auth.zstack_url else None)
@@ -423,21 +422,15 @@ class TemplateService:
     def fail_interrupted(self, owns: Callable[[str], bool] | None = None) -> list[JobRecord]:
         """After a restart: jobs that were queued or running failed (SYS.1006 "agent restarted during
         copy"); returns them as they are stored now (with their web hooks). ``owns``: which jobs are this
-        process's (`serve` and `front` may share a store); None: all. With ``owner`` set (a store several
-        agents share), only that agent's jobs, each failed by compare-and-set: the one that a takeover
-        failed first is not returned (its web hook was told once already)."""
+        process's (`serve` and `front` may share a store); None: all. A store shared with other agents
+        (RADOS) gives only this agent's own jobs: the others' are theirs, or their takeover's."""
         interrupted = []
-        shared = self.owner is not None  # only this agent's jobs; another agent's takeover may race this
-        for job in self.store.unfinished_jobs(owner=self.owner) if shared else self.store.unfinished_jobs():
+        for job in self.store.unfinished_jobs(owner=self.store.owner if self.store.shared else None):
             if owns is not None and not owns(job.uuid):
                 continue
-            body = {"error": INTERRUPTED.to_json()}
-            if shared:
-                if not self.store.fail_job_if_unfinished(job.uuid, body, 503):
-                    continue  # the takeover failed it first (and told its web hook)
-            else:
-                self.store.finish_job(job.uuid, JobState.FAILED, 503, body)
-            interrupted.append(self.store.get_job(job.uuid))
+            # atomic: another agent's takeover may fail the same job at the same time; one of them tells it
+            if self.store.fail_job_if_unfinished(job.uuid, {"error": INTERRUPTED.to_json()}, 503):
+                interrupted.append(self.store.get_job(job.uuid))
         return [j for j in interrupted if j is not None]
 
     def reconcile(self, owns: Callable[[str], bool] | None = None) -> list[str]:

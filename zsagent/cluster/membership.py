@@ -37,8 +37,7 @@ def join(config, agent: str, store, service, jobs) -> Membership | None:
     ioctx = getattr(store, "ioctx", None)
     if ioctx is None:
         return None
-    import rados
-
+    rados = store.rados  # the real module or zsagent.ceph.fake's, as the store uses
     cluster = config.cluster
 
     def lost(reason: str) -> None:  # another agent may take over now: stop copying rather than race it
@@ -51,8 +50,6 @@ def join(config, agent: str, store, service, jobs) -> Membership | None:
     lease = AgentLease(ioctx, rados, agent, cluster.lease_s, config.agent.listen, on_lost=lost)
     lease.acquire(2 * cluster.lease_s + ACQUIRE_MARGIN_S)
     lease.start()
-    service.owner = agent
-    service.janitor.owner = agent
     jobs.end_once = True
     service.admission.cluster_lock = VolumeLock(ioctx, rados, agent, cluster.lease_s, cluster.volume_lock_wait_s,
                                                 alive=lambda: lease.held)

@@ -19,7 +19,9 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class JobRecord:
-    """A job as stored; created_epoch / finished_epoch: seconds since 1970."""
+    """A job as stored; created_epoch / finished_epoch: seconds since 1970; owner: the id of the agent that
+    runs it (zsagent.store.open.agent_id; None: recorded before agents had ids); progress: the job's
+    ``progress_json()`` as last saved (zsagent.jobs, at most once per PROGRESS_SAVE_S), None before."""
 
     uuid: str
     volume_uuid: str | None
@@ -33,11 +35,15 @@ class JobRecord:
     account_uuid: str | None = None
     readable_by_uuid: bool = False
     webhook: str | None = None
+    owner: str | None = None
+    progress: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class Artifact:
-    """A temporary thing a job creates: ``kind`` and where it is (``spec``)."""
+    """A temporary thing a job creates: ``kind`` and where it is (``spec``); ``created_epoch``: seconds since
+    1970; ``attempts``: failed removals so far, ``last_error`` why the last failed; ``owner``: the agent
+    whose job made it (None: recorded before agents had ids)."""
 
     id: int
     job_uuid: str
@@ -48,6 +54,7 @@ class Artifact:
     created_epoch: float = 0.0
     attempts: int = 0
     last_error: str | None = None
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
