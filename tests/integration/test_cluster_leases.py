@@ -1,0 +1,306 @@
+"""Agents on one Ceph cluster (zsagent.cluster), on the real test cluster: the per-volume lock serializes
+agents and outlives a dead holder only by its lease; an agent's liveness lease keeps reapers off, and when
+it is not renewed exactly one of several racing agents takes the stopped agent over: its job failed once
+(one web hook), its RBD snapshot and .part image removed (checked with the rbd tool), the agent
+deregistered. Leases of 2 s keep it fast."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import secrets
+import threading
+import time
+
+import pytest
+
+from zsagent import errors
+from zsagent.ceph import CephConfig, open_backend
+from zsagent.cluster.agents import AgentLease, liveness_object, registered_agents
+from zsagent.cluster.takeover import Takeover
+from zsagent.cluster.volume_lock import HOLDER_XATTR, VOLUME_LOCK, VolumeLock, lock_object
+from zsagent.config import Config
+from zsagent.errors import ZsError
+from zsagent.janitor import Janitor
+from zsagent.jobs import post_webhook
+from zsagent.storages import Runtime
+from zsagent.store import SqliteStore
+from zsagent.store.rados import RadosStore
+
+LEASE_S = 2
+SETTLE_S = 30.0  # generous bound for things that happen "about a lease later" on a loaded machine
+
+
+@pytest.fixture(scope="module")
+def pool(make_pool):
+    return make_pool("zst-cl")
+
+
+@pytest.fixture
+def namespace():
+    return f"t-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def connect(ceph_cluster):
+    """connect() -> a new connected rados.Rados (a client of its own: one per simulated agent)."""
+    import rados
+
+    handles = []
+
+    def make():
+        handle = rados.Rados(**ceph_cluster.rados_kwargs())
+        handle.connect(timeout=30)
+        handles.append(handle)
+        return handle
+
+    yield make
+    for handle in handles:
+        handle.shutdown()
+
+
+@pytest.fixture
+def ioctx_of(connect, pool, namespace):
+    def make():
+        ioctx = connect().open_ioctx(pool)
+        ioctx.set_namespace(namespace)
+        return ioctx
+
+    return make
+
+
+def _rados():
+    import rados
+
+    return rados
+
+
+# -- the per-volume lock ------------------------------------------------------------------------------
+
+
+def test_two_agents_copies_of_one_volume_run_one_after_the_other(ioctx_of):
+    volume = secrets.token_hex(16)
+    a = VolumeLock(ioctx_of(), _rados(), "agent-a", LEASE_S)
+    b = VolumeLock(ioctx_of(), _rados(), "agent-b", LEASE_S)
+    events, waited_for = [], []
+    a_inside = threading.Event()
+
+    def copy_on_a():
+        with a.hold(volume):
+            events.append("a starts")
+            a_inside.set()
+            time.sleep(3 * LEASE_S)  # longer than the lease: only the renewal keeps b out
+            events.append("a ends")
+
+    thread = threading.Thread(target=copy_on_a)
+    thread.start()
+    assert a_inside.wait(SETTLE_S)
+    with b.hold(volume, on_wait=waited_for.append):
+        events.append("b starts")
+    thread.join()
+    assert events == ["a starts", "a ends", "b starts"]
+    assert waited_for == ["agent-a"]  # what its job's progress shows as waitingFor
+
+
+def test_a_dead_holders_lock_runs_out_and_another_agent_takes_it(ioctx_of):
+    volume = secrets.token_hex(16)
+    dead = ioctx_of()
+    dead.lock_exclusive(lock_object(volume), VOLUME_LOCK, "dead", desc="agent-dead", duration=LEASE_S)
+    dead.set_xattr(lock_object(volume), HOLDER_XATTR, b"agent-dead")  # and then it is killed: no renewal
+    b = VolumeLock(ioctx_of(), _rados(), "agent-b", LEASE_S, wait_s=SETTLE_S)
+    waited_for = []
+    with b.hold(volume, on_wait=waited_for.append):
+        assert b.holder(volume) == "agent-b"
+    assert waited_for == ["agent-dead"]
+
+
+def test_a_waiter_gives_up_after_volume_lock_wait_s_with_zstacks_timeout(ioctx_of):
+    volume = secrets.token_hex(16)
+    a = VolumeLock(ioctx_of(), _rados(), "agent-a", LEASE_S)
+    b = VolumeLock(ioctx_of(), _rados(), "agent-b", LEASE_S, wait_s=1)
+    cancel = threading.Event()
+    with a.hold(volume):
+        with pytest.raises(ZsError) as waited, b.hold(volume):
+            pass
+        assert waited.value.error.code == errors.TIMEOUT
+        assert "agent-a" in waited.value.error.details
+        cancel.set()
+        with pytest.raises(ZsError) as cancelled, b.hold(volume, cancel, lambda: "cancelled by request"):
+            pass
+        assert cancelled.value.error.code == errors.CANCELLED
+
+
+def test_an_agent_without_its_liveness_lease_takes_no_copy(ioctx_of):
+    lock = VolumeLock(ioctx_of(), _rados(), "agent-a", LEASE_S, alive=lambda: False)
+    with pytest.raises(ZsError) as refused, lock.hold(secrets.token_hex(16)):
+        pass
+    assert refused.value.error.code == errors.OPERATION_FAILURE
+    assert "liveness lease" in refused.value.error.details
+
+
+# -- liveness ---------------------------------------------------------------------------------------
+
+
+def test_a_renewed_lease_keeps_racing_reapers_off(ioctx_of, store_of):
+    alive = AgentLease(ioctx_of(), _rados(), "alive:1", LEASE_S, "127.0.0.1:1")
+    alive.acquire(SETTLE_S)
+    alive.start()
+    try:
+        reapers = [_reaper(store_of, f"reaper:{i}") for i in range(3)]
+        deadline = time.monotonic() + 3 * LEASE_S
+        while time.monotonic() < deadline:
+            for reaper in reapers:
+                reaper.run_once()
+            time.sleep(0.2)
+        assert [e.agent_id for e in registered_agents(ioctx_of(), _rados())] == ["alive:1"]
+        assert alive.held
+    finally:
+        alive.release()
+    assert registered_agents(ioctx_of(), _rados()) == []  # a clean stop leaves nothing to take over
+
+
+class _CutOff:
+    """An ioctx whose calls fail as when the host is cut off from Ceph, once ``cut`` is set."""
+
+    def __init__(self, ioctx) -> None:
+        self._ioctx = ioctx
+        self.cut = threading.Event()
+
+    def __getattr__(self, name):
+        call = getattr(self._ioctx, name)
+
+        def guarded(*args, **kwargs):
+            if self.cut.is_set():
+                raise _rados().TimedOut("injected: no OSD answers")
+            return call(*args, **kwargs)
+
+        return guarded
+
+
+def test_an_agent_that_cannot_renew_for_longer_than_its_lease_is_told_so(ioctx_of):
+    lost = []
+    told = threading.Event()
+    ioctx = _CutOff(ioctx_of())
+    lease = AgentLease(ioctx, _rados(), "cut-off:1", LEASE_S, "127.0.0.1:1",
+                       on_lost=lambda reason: (lost.append(reason), told.set()))
+    lease.acquire(SETTLE_S)
+    lease.start()
+    try:
+        ioctx.cut.set()  # every renewal fails from now on
+        assert told.wait(SETTLE_S)
+        assert not lease.held
+        assert "not renewed" in lost[0] and "no OSD answers" in lost[0]
+        ioctx.cut.clear()  # back: the agent holds its lease again (a reaper could not take it: none ran)
+        deadline = time.monotonic() + SETTLE_S
+        while not lease.held and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lease.held
+    finally:
+        lease.release()
+
+
+# -- takeover ---------------------------------------------------------------------------------------
+
+
+class _Hooks(http.server.BaseHTTPRequestHandler):
+    received: list[tuple[str, str, dict]] = []
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).received.append((self.headers["X-Job-UUID"], self.headers["X-Job-Success"], body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    _Hooks.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Hooks.received
+    server.shutdown()
+
+
+@pytest.fixture
+def store_of(connect, pool, namespace, tmp_path):
+    """store_of(owner) -> a RadosStore of that agent, on a client of its own, in the test's namespace."""
+    def make(owner: str) -> RadosStore:
+        local = SqliteStore(tmp_path / f"{owner.replace(':', '_')}.db", owner)
+        return RadosStore(connect(), _rados(), pool, namespace, owner, local, close_cluster=False)
+
+    return make
+
+
+def _reaper(store_of, agent: str, config: Config | None = None) -> Takeover:
+    store = store_of(agent)
+    runtime = Runtime(config or Config(), open_backend(config.ceph) if config else None)
+    janitor = Janitor(store, runtime, active=set, first_backoff_s=0.2, max_backoff_s=1)
+    hook = lambda url, job_uuid, body: post_webhook(url, job_uuid, False, body, 3, 0.2)  # noqa: E731
+    return Takeover(store.ioctx, _rados(), agent, LEASE_S, store, janitor, hook)
+
+
+def test_a_stopped_agent_is_taken_over_exactly_once(ioctx_of, store_of, ceph_cluster, pool, webhook):
+    url, hooks = webhook
+    volume, image = secrets.token_hex(16), secrets.token_hex(16)
+    ceph_cluster.rbd_cli("create", "--size", "4M", f"{pool}/{volume}")
+    ceph_cluster.rbd_cli("snap", "create", f"{pool}/{volume}@{image}")
+    ceph_cluster.rbd_cli("create", "--size", "4M", f"{pool}/{image}.part")
+
+    # agent "dead:1" registers, starts a copy (journalled as the copy does: snapshot, then the .part),
+    # and is killed: its lease is never renewed
+    dead_lease = AgentLease(ioctx_of(), _rados(), "dead:1", LEASE_S, "127.0.0.1:7001")
+    dead_lease.acquire(SETTLE_S)
+    dead = store_of("dead:1")
+    job = secrets.token_hex(16)
+    dead.add_job(job, volume, webhook=url)
+    dead.set_job_state(job, "running")
+    dead.journal(job, "ceph-snapshot", {"pool": pool, "image": volume, "snapshot": image}, volume, image)
+    dead.journal(job, "ceph", {"pool": pool, "image": f"{image}.part"}, volume, image)
+
+    config = Config(ceph=CephConfig(backend="rados", conf=ceph_cluster.conf, keyring=ceph_cluster.keyring))
+    reapers = [_reaper(store_of, f"live:{i}", config) for i in range(3)]
+    failed: list[list[str]] = [[] for _ in reapers]
+    start = threading.Barrier(len(reapers))
+
+    def race(i):
+        start.wait()
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline and any(e.agent_id == "dead:1"
+                                                  for e in registered_agents(reapers[i].ioctx, _rados())):
+            failed[i] += reapers[i].run_once()
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(reapers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(len(f) for f in failed) == [0, 0, 1]  # exactly one agent failed the job
+    record = dead.get_job(job)
+    assert record.state == "failed"
+    assert record.result["error"]["code"] == errors.OPERATION_FAILURE
+    assert "stopped during copy" in record.result["error"]["details"]
+    deadline = time.monotonic() + 10
+    while not hooks and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # a second hook, if there were one, would have come by now
+    assert [(h[0], h[1]) for h in hooks] == [(job, "false")]
+    assert "stopped during copy" in hooks[0][2]["error"]["details"]
+    assert ceph_cluster.rbd_cli("snap", "ls", f"{pool}/{volume}").strip() == b""
+    assert f"{image}.part" not in ceph_cluster.rbd_cli("ls", pool).decode().split()
+    assert dead.artifacts(owner="dead:1") == []
+    assert [e.agent_id for e in registered_agents(ioctx_of(), _rados())] == []
+
+    # the stopped agent starts again: its lease is free, its job is over, nothing is left for it to do
+    again = AgentLease(ioctx_of(), _rados(), "dead:1", LEASE_S, "127.0.0.1:7001")
+    again.acquire(SETTLE_S)
+    try:
+        assert not dead.fail_job_if_unfinished(job, {"error": {}}, 503)
+        assert dead.unfinished_jobs(owner="dead:1") == []
+    finally:
+        again.release()
+    ioctx_of().lock_exclusive(liveness_object("dead:1"), "zsagent-alive", "probe", duration=LEASE_S)
