@@ -11,6 +11,7 @@ import json
 import secrets
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -332,3 +333,93 @@ def test_a_stopped_agent_is_taken_over_exactly_once(rados, ioctx_of, store_of, c
     finally:
         again.release()
     ioctx_of().lock_exclusive(liveness_object("dead:1"), "zsagent-alive", "probe", duration=LEASE_S)
+
+
+# -- two agents built from their configuration -------------------------------------------------------
+
+ACCOUNT = "36c27e8ff05c4780bf6d2fa65700f22e"
+
+
+def _agent_config(backend: Backend, namespace: str, tmp_path, name: str, bs_root) -> dict:
+    ceph = {"backend": backend.ceph.config.backend, "conf": backend.ceph.config.conf,
+            "keyring": backend.ceph.config.keyring, "fake_root": backend.ceph.config.fake_root}
+    return {"agent": {"data_dir": str(tmp_path / name), "listen": "127.0.0.1:1"},
+            "auth": {"sessions_file": str(tmp_path / "sessions"), "unknown_volume_owner": "allow"},
+            "ceph": {k: v for k, v in ceph.items() if v is not None},
+            "store": {"backend": "rados", "pool": backend.pool, "namespace": namespace},
+            "cluster": {"agent_id": name, "lease_s": LEASE_S},
+            "primary_storage": [{"uuid": "0" * 31 + "1", "type": "ceph", "pools": [backend.pool]}],
+            "backup_storage": [{"uuid": "0" * 31 + "2", "type": "filesystem", "path": str(bs_root), "format": "raw",
+                                "default": True}]}
+
+
+def test_a_request_on_one_agent_waits_for_the_other_agents_copy_of_the_volume(backend, namespace, tmp_path):
+    from support import md5_bytes, md5sum_file
+
+    from zsagent.agent import build_agent
+    from zsagent.checks import run_checks
+    from zsagent.config import parse_config
+    from zsagent.jobs import Job
+    from zsagent.request import parse_body
+
+    (tmp_path / "sessions").write_text("")
+    bs_root = tmp_path / "bs"
+    bs_root.mkdir()
+    volume = secrets.token_hex(16)
+    data = secrets.token_bytes(1024 * 1024)
+    handle = backend.ceph.connect(timeout_s=30)
+    try:
+        with handle.open_ioctx(backend.pool) as ioctx:
+            backend.ceph.rbd.RBD().create(ioctx, volume, len(data))
+            with backend.ceph.rbd.Image(ioctx, volume) as image:
+                image.write(data, 0)
+    finally:
+        handle.shutdown()
+    configs = {name: parse_config(_agent_config(backend, namespace, tmp_path, name, bs_root))
+               for name in ("a:1", "b:1")}
+    a, b = (build_agent(configs[name]) for name in ("a:1", "b:1"))
+    try:
+        said = [what for _, what, _ in run_checks(configs["b:1"]) if what.startswith("agent ")]
+        assert any(line.startswith("agent a:1 on ") and "alive" in line for line in said), said
+        assert any(line.startswith("agent b:1 (this one)") for line in said), said
+
+        copying_on_a = threading.Event()
+        done_on_a = threading.Event()
+
+        def copy_on_a():  # agent a holds the volume (as its copy does) for longer than a lease
+            with a.service.admission.volume(volume):
+                copying_on_a.set()
+                done_on_a.wait(SETTLE_S)
+
+        holder = threading.Thread(target=copy_on_a)
+        holder.start()
+        assert copying_on_a.wait(SETTLE_S)
+        image = uuid.uuid4().hex
+        request = parse_body({"params": {"name": "t", "resourceUuid": image}}, volume)
+        job = b.jobs.submit(Job(), lambda j: {"inventory": b.service.create_template(request, ACCOUNT, j)},
+                            volume_uuid=volume)
+        deadline = time.monotonic() + SETTLE_S
+        while job.progress_json().get("waitingFor") != "a:1" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5 * LEASE_S)
+        progress = job.progress_json()
+        assert progress["phase"] == "queued" and progress["waitingFor"] == "a:1", progress
+        done_on_a.set()
+        holder.join()
+        assert job.done.wait(SETTLE_S)
+        assert job.success, job.body
+        inventory = job.body["inventory"]
+        assert inventory["md5Sum"] == md5_bytes(data)
+        path = inventory["backupStorageRefs"][0]["installPath"]
+        assert md5sum_file(path.removeprefix("file://")) == md5_bytes(data)
+        assert a.service.get_image(image)["md5Sum"] == inventory["md5Sum"]  # one store: a knows it too
+    finally:
+        b.close()
+        a.close()
+    ioctx = backend.ceph.connect(timeout_s=30)
+    try:
+        with ioctx.open_ioctx(backend.pool) as io:
+            io.set_namespace(namespace)
+            assert registered_agents(io, backend.rados) == []  # both stopped cleanly
+    finally:
+        ioctx.shutdown()
