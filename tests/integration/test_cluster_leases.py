@@ -9,6 +9,8 @@ from __future__ import annotations
 import http.server
 import json
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -261,6 +263,18 @@ def store_of(connect, backend, namespace, tmp_path):
     return make
 
 
+HOLDS_IMAGE_OPEN = """
+import json, sys, time
+import rados, rbd
+cluster = rados.Rados(**json.loads(sys.argv[1]))
+cluster.connect()
+image = rbd.Image(cluster.open_ioctx(sys.argv[2]), sys.argv[3])
+print(cluster.get_addrs(), flush=True)
+time.sleep(600)
+"""
+"""A copy's writer: holds the image open (a watch Ceph keeps until it times out, 30 s, after a kill)."""
+
+
 def _reaper(store_of, rados, agent: str, config: Config | None = None) -> Takeover:
     store = store_of(agent)
     runtime = Runtime(config or Config(), open_backend(config.ceph) if config else None)
@@ -278,9 +292,18 @@ def test_a_stopped_agent_is_taken_over_exactly_once(rados, ioctx_of, store_of, c
     ceph_cluster.rbd_cli("snap", "create", f"{pool}/{volume}@{image}")
     ceph_cluster.rbd_cli("create", "--size", "4M", f"{pool}/{image}.part")
 
-    # agent "dead:1" registers, starts a copy (journalled as the copy does: snapshot, then the .part),
-    # and is killed: its lease is never renewed
-    dead_lease = AgentLease(ioctx_of(), rados, "dead:1", LEASE_S, "127.0.0.1:7001")
+    # agent "dead:1" registers, starts a copy (journalled as the copy does: snapshot, then the .part,
+    # which its Ceph client has open: a watch on it), and is killed -9: its lease is never renewed
+    writer = subprocess.Popen([sys.executable, "-c", HOLDS_IMAGE_OPEN, json.dumps(ceph_cluster.rados_kwargs()), pool,
+                               f"{image}.part"], stdout=subprocess.PIPE, text=True)
+    try:
+        writer_address = writer.stdout.readline().strip()
+        assert writer_address, "the writer did not start"
+    finally:
+        writer.kill()
+        writer.wait()
+    dead_lease = AgentLease(ioctx_of(), rados, "dead:1", LEASE_S, "127.0.0.1:7001",
+                            ceph_clients=lambda: (writer_address,))
     dead_lease.acquire(SETTLE_S)
     dead = store_of("dead:1")
     job = secrets.token_hex(16)
@@ -323,6 +346,8 @@ def test_a_stopped_agent_is_taken_over_exactly_once(rados, ioctx_of, store_of, c
     assert f"{image}.part" not in ceph_cluster.rbd_cli("ls", pool).decode().split()
     assert dead.artifacts(owner="dead:1") == []
     assert [e.agent_id for e in registered_agents(ioctx_of(), rados)] == []
+    blocklist = ceph_cluster.ceph_cli("osd", "blocklist", "ls", "--format", "json").decode()
+    assert writer_address.split(",")[-1].rstrip("]").split(":", 1)[-1] in blocklist  # fenced: its watch dropped
 
     # the stopped agent starts again: its lease is free, its job is over, nothing is left for it to do
     again = AgentLease(ioctx_of(), rados, "dead:1", LEASE_S, "127.0.0.1:7001")
