@@ -448,3 +448,41 @@ def test_a_request_on_one_agent_waits_for_the_other_agents_copy_of_the_volume(ba
             assert registered_agents(io, backend.rados) == []  # both stopped cleanly
     finally:
         ioctx.shutdown()
+
+
+def test_an_agent_cut_off_from_ceph_stops_its_copies_and_takes_none_until_it_is_back(backend, namespace, tmp_path):
+    from zsagent.agent import build_agent
+    from zsagent.config import parse_config
+    from zsagent.jobs import Job
+
+    (tmp_path / "sessions").write_text("")
+    bs_root = tmp_path / "bs"
+    bs_root.mkdir()
+    agent = build_agent(parse_config(_agent_config(backend, namespace, tmp_path, "a:1", bs_root)))
+    try:
+        lease = agent.member.lease
+        cut = _CutOff(lease.ioctx, backend.rados)
+        lease.ioctx = cut
+        volume = secrets.token_hex(16)
+
+        def copy(job: Job) -> dict:  # a copy that runs until it is cancelled
+            with agent.service.admission.volume(volume, job.cancel):
+                job.set_state("running")
+                job.cancel.wait(SETTLE_S)
+                raise ZsError(errors.CANCELLED, f"cancelled: {job.cancel_reason}")
+
+        job = agent.jobs.submit(Job(), copy, volume_uuid=volume)
+        cut.cut.set()
+        assert job.done.wait(SETTLE_S)
+        assert "lost its liveness lease" in job.body["error"]["details"]
+        with pytest.raises(ZsError) as refused, agent.service.admission.volume(secrets.token_hex(16)):
+            pass
+        assert "liveness lease" in refused.value.error.details
+        cut.cut.clear()  # Ceph is back: it holds its lease again and copies again
+        deadline = time.monotonic() + SETTLE_S
+        while not lease.held and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with agent.service.admission.volume(volume):
+            assert lease.held
+    finally:
+        agent.close()
