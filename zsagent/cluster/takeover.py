@@ -120,6 +120,8 @@ class Takeover:
             self._lock(entry, renew=False)
         except self.rados.ObjectBusy:
             return False  # alive, or another agent reaps it
+        except self.rados.ObjectExists:
+            pass  # this agent holds it still (an earlier pass could not give it back)
         return True
 
     def _untake(self, entry: AgentEntry) -> None:
