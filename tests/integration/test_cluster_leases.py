@@ -68,6 +68,11 @@ def backend(request) -> Backend:
     return request.getfixturevalue(f"{request.param}_backend")
 
 
+REAL_AND_SLOW_FAKE = [pytest.param("fake", marks=pytest.mark.reliability), pytest.param("real", marks=pytest.mark.ceph)]
+"""For the tests that wait out several leases: on the fake too only in `make reliability` (the contract
+suite, tests/contract/test_rados_locks.py, pins the fake's locks to the real ones)."""
+
+
 @pytest.fixture
 def namespace():
     return f"t-{secrets.token_hex(4)}"
@@ -169,6 +174,7 @@ def test_an_agent_without_its_liveness_lease_takes_no_copy(rados, ioctx_of):
 # -- liveness ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", REAL_AND_SLOW_FAKE, indirect=True)
 def test_a_renewed_lease_keeps_racing_reapers_off(rados, ioctx_of, store_of):
     alive = AgentLease(ioctx_of(), rados, "alive:1", LEASE_S, "127.0.0.1:1")
     alive.acquire(SETTLE_S)
@@ -206,6 +212,7 @@ class _CutOff:
         return guarded
 
 
+@pytest.mark.parametrize("backend", REAL_AND_SLOW_FAKE, indirect=True)
 def test_an_agent_that_cannot_renew_for_longer_than_its_lease_is_told_so(rados, ioctx_of):
     lost = []
     told = threading.Event()
@@ -378,6 +385,7 @@ def _agent_config(backend: Backend, namespace: str, tmp_path, name: str, bs_root
                                 "default": True}]}
 
 
+@pytest.mark.parametrize("backend", REAL_AND_SLOW_FAKE, indirect=True)
 def test_a_request_on_one_agent_waits_for_the_other_agents_copy_of_the_volume(backend, namespace, tmp_path):
     from support import md5_bytes, md5sum_file
 
@@ -450,6 +458,7 @@ def test_a_request_on_one_agent_waits_for_the_other_agents_copy_of_the_volume(ba
         ioctx.shutdown()
 
 
+@pytest.mark.parametrize("backend", REAL_AND_SLOW_FAKE, indirect=True)
 def test_an_agent_cut_off_from_ceph_stops_its_copies_and_takes_none_until_it_is_back(backend, namespace, tmp_path):
     from zsagent.agent import build_agent
     from zsagent.config import parse_config
