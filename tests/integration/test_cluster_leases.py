@@ -495,3 +495,17 @@ def test_an_agent_cut_off_from_ceph_stops_its_copies_and_takes_none_until_it_is_
             assert lease.held
     finally:
         agent.close()
+
+
+def test_a_second_agent_with_the_same_id_is_refused_with_a_clear_error(rados, ioctx_of):
+    first = AgentLease(ioctx_of(), rados, "twice:1", LEASE_S, "127.0.0.1:1")
+    first.acquire(SETTLE_S)
+    first.start()
+    try:
+        second = AgentLease(ioctx_of(), rados, "twice:1", LEASE_S, "127.0.0.1:2")
+        with pytest.raises(ZsError) as refused:
+            second.acquire(1.5 * LEASE_S)  # longer than a lease: the first one's renewals keep it
+        assert refused.value.error.code == errors.OPERATION_FAILURE
+        assert "'twice:1' is in use" in refused.value.error.details
+    finally:
+        first.release()

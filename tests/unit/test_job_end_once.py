@@ -30,7 +30,7 @@ def _run(tmp_path, reaper_first: bool):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hooks)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     store = SqliteStore(tmp_path / "db", "host-a:7762")
-    jobs = JobManager(store, webhook_attempts=1, webhook_backoff_s=0.01)
+    jobs = JobManager(store, webhook_attempts=3, webhook_backoff_s=0.1)
     jobs.end_once = True
     stopped = {"error": {"code": errors.OPERATION_FAILURE, "details": "agent host-a stopped during copy"}}
 

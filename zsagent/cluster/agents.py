@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from zsagent import errors
 from zsagent.cluster.renewal import LeaseLost, Renewer
 
 log = logging.getLogger(__name__)
@@ -182,13 +183,21 @@ class AgentLease:
         return True
 
     def acquire(self, wait_s: float) -> None:
-        """Take the lease, waiting up to ``wait_s``; RuntimeError naming the id when it stays taken."""
+        """Take the lease, waiting up to ``wait_s``; ZsError SYS.1006 naming the id when it stays taken or
+        Ceph refuses (the daemon then refuses to start, saying so)."""
         deadline = time.monotonic() + wait_s
-        while not self.try_acquire():
+        while True:
+            try:
+                if self.try_acquire():
+                    return
+            except self.rados.Error as e:
+                raise errors.operation_failed(f"agent {self.agent_id}: its liveness lease in Ceph cannot be taken: "
+                                              f"{type(e).__name__}: {e}") from e
             if time.monotonic() >= deadline:
-                raise RuntimeError(f"the agent id {self.agent_id!r} is in use: its liveness lock in Ceph stayed taken "
-                                   f"for {wait_s:g} s (another agent runs with the same [cluster] agent_id, or a "
-                                   "stopped run of this one is being taken over)")
+                raise errors.operation_failed(
+                    f"the agent id {self.agent_id!r} is in use: its liveness lock in Ceph stayed taken for "
+                    f"{wait_s:g} s (another agent runs with the same [cluster] agent_id, or a stopped run of this "
+                    "one is still being taken over)")
             time.sleep(ACQUIRE_POLL_S)
 
     def _register(self) -> None:
