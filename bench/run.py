@@ -84,7 +84,7 @@ class Bench:
         # Every worker uses the implementation the agent would choose here (host_facts measured it), given
         # through the override so that no worker measures again inside its timed run.
         chosen = facts["native_md5"].get("choice", "hashlib")
-        self.env["ZSAGENT_MD5"] = "hashlib" if chosen == "hashlib" else "native"
+        self.env["ZSAGENT_MD5"] = chosen  # by name: "native" alone would mean the extension's first kernel
         self.volumes: dict[str, Volume] = {}
         self.results: dict[str, dict[str, list[dict]]] = {}
         self.concurrent_runs: list[dict] = []
