@@ -113,8 +113,9 @@ class Janitor:
             state = states[artifact.job_uuid]
             if state in ("queued", "running") and artifact.job_uuid not in self._ended_here:
                 continue
-            if state is None and artifact.created_epoch >= self.started_epoch:
-                continue  # no stored job: another process' (the CLI), unless it predates this one
+            if state is None and (artifact.created_epoch >= self.started_epoch
+                                  or (self.store.shared and artifact.owner != self.store.owner)):
+                continue  # no stored job: another process' (the CLI, or another agent's), unless it predates this one
             found.append(artifact)
         return found
 

@@ -260,9 +260,8 @@ def test_describe_says_where_the_records_are(stores):
             "rados", stores.store["pool"], stores.store["namespace"])
 
 
+@pytest.mark.parametrize("stores", [b for b in BACKENDS if b != "sqlite"], indirect=True)  # SQLite has no pool
 def test_a_missing_pool_is_a_clear_error_naming_the_pool_and_how_to_create_it(stores, tmp_path):
-    if stores.kind == "sqlite":
-        pytest.skip("RADOS only: a SQLite store has no pool")
     with pytest.raises(ZsError) as refused:
         open_store(stores.config(tmp_path / "x", pool="zsagent-no-such-pool"), "host-a:7762")
     assert refused.value.error.code == errors.OPERATION_FAILURE

@@ -87,12 +87,15 @@ class RadosStore:
             raise self._failure("opened", e) from e
         self.ioctx.set_namespace(namespace)
         with self._call("opened"):
-            op = self.ioctx.create_write_op()
             try:
-                op.new(rados_module.LIBRADOS_CREATE_IDEMPOTENT)
-                self.ioctx.operate_write_op(op, RECORDS_OBJECT)
-            finally:
-                self.ioctx.release_write_op(op)
+                self.ioctx.stat(RECORDS_OBJECT)  # a read: an agent starts (and reads) even on a full pool
+            except rados_module.ObjectNotFound:
+                op = self.ioctx.create_write_op()
+                try:
+                    op.new(rados_module.LIBRADOS_CREATE_IDEMPOTENT)  # omap_cmp needs the object there
+                    self.ioctx.operate_write_op(op, RECORDS_OBJECT)
+                finally:
+                    self.ioctx.release_write_op(op)
 
     def local(self) -> SqliteStore:
         return self._local
@@ -332,8 +335,8 @@ class RadosStore:
         if code in (errno.ENOSPC, errno.EDQUOT):
             reason = "the pool is full or over its quota (ceph df; ceph osd pool get-quota " + self.pool + ")"
         elif code == errno.ETIMEDOUT or isinstance(error, self.rados.TimedOut):
-            reason = (f"no OSD answered within rados_osd_op_timeout ({self.osd_op_timeout_s} s): an OSD may be "
-                      "down or the pool full (ceph health detail)")
+            reason = (f"no OSD answered within rados_osd_op_timeout ({self.osd_op_timeout_s} s): "
+                      f"{self._why_no_answer()} (ceph health detail)")
         elif code == errno.ENOENT:
             reason = f"the pool or its records object {RECORDS_OBJECT} is gone"
         elif code in (errno.EACCES, errno.EPERM):
@@ -341,6 +344,24 @@ class RadosStore:
         else:
             reason = f"{type(error).__name__}: {error}"
         return errors.operation_failed(f"{where} could not be {what}: {reason}")
+
+
+    def _why_no_answer(self) -> str:
+        """Why an op timed out, as the monitors see it: the pool full (Ceph holds writes to a full pool
+        until it has room) or an OSD down; a guess when they cannot tell."""
+        try:
+            ret, out, _ = self.cluster.mon_command(json.dumps({"prefix": "osd dump", "format": "json"}), b"",
+                                                   timeout=5)
+            dump = json.loads(out) if ret == 0 else {}
+        except Exception:  # noqa: BLE001 - only the wording of the error depends on it
+            dump = {}
+        pool = next((p for p in dump.get("pools", []) if p.get("pool_name") == self.pool), None)
+        if pool is not None and "full" in pool.get("flags_names", "").split(","):
+            return "the pool is full"
+        down = [f"osd.{o['osd']}" for o in dump.get("osds", []) if not o.get("up")]
+        if down:
+            return f"{', '.join(down)} down"
+        return "an OSD may be down or the pool full"
 
 
 def pool_missing(pool: str) -> str:
