@@ -13,7 +13,7 @@ import time
 import uuid
 
 import pytest
-from multi_agent import MiB, Fleet, make_fleet_pools
+from multi_agent import Fleet, MiB, make_fleet_pools
 
 pytestmark = [pytest.mark.ceph]
 
@@ -130,7 +130,7 @@ def test_two_creates_of_one_volume_through_two_agents_run_one_after_the_other(fl
         stop.set()
         sampler.join(10)
     assert [r.status_code for r in answers.values()] == [200, 200], [r.text for r in answers.values()]
-    for job, answer in answers.items():
+    for answer in answers.values():
         inventory = answer.json()["inventory"]
         assert inventory["md5Sum"] == volume.md5
         assert fleet.template_md5(inventory["backupStorageRefs"][0]["installPath"]) == volume.md5

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 from crash_site import figure
-from multi_agent import LEASE_S, TAKEOVER_MARGIN_S, MiB, Fleet, make_fleet_pools
+from multi_agent import LEASE_S, TAKEOVER_MARGIN_S, Fleet, MiB, make_fleet_pools
 
 pytestmark = [pytest.mark.ceph]
 
