@@ -187,6 +187,7 @@ class Fleet:
     names: tuple[str, ...] = ("A", "B", "C")
     lease_s: int = LEASE_S
     store_pool: str | None = None  # None: pools.store
+    store_backend: str = "rados"  # "sqlite": each agent its own store, no [store] or [cluster] section
     namespace: str = field(default_factory=lambda: f"t-{uuid.uuid4().hex[:12]}")
     agents: dict[str, AgentProcess] = field(default_factory=dict)
 
@@ -213,6 +214,10 @@ class Fleet:
 
     def config_document(self, root: Path, port: int, agent_id: str) -> dict:
         """One agent's configuration: everything but listen, data_dir and agent_id is the same for all."""
+        shared = {
+            "store": {"backend": "rados", "pool": self.store_pool or self.pools.store, "namespace": self.namespace},
+            "cluster": {"agent_id": agent_id, "lease_s": self.lease_s, "volume_lock_wait_s": VOLUME_LOCK_WAIT_S},
+        } if self.store_backend == "rados" else {}
         return {
             "agent": {"listen": f"127.0.0.1:{port}", "data_dir": str(root / "data"), "max_jobs": 2,
                       "spool_dir": str(root / "spool")},
@@ -220,8 +225,7 @@ class Fleet:
             "auth": {"sessions_file": str(self.sessions), "unknown_volume_owner": "allow"},
             "ceph": {"backend": "rados", "conf": self.ceph.conf, "keyring": self.ceph.keyring,
                      "rados_osd_op_timeout": 20, "rados_mon_op_timeout": 20, "client_mount_timeout": 20},
-            "store": {"backend": "rados", "pool": self.store_pool or self.pools.store, "namespace": self.namespace},
-            "cluster": {"agent_id": agent_id, "lease_s": self.lease_s, "volume_lock_wait_s": VOLUME_LOCK_WAIT_S},
+            **shared,
             "pipeline": {"chunk_bytes": 256 * 1024, "depth": 4},
             "virt": {"enabled": False},
             "primary_storage": [{"uuid": self.primary_uuid, "type": "ceph", "pools": [self.pools.primary]}],
@@ -288,21 +292,22 @@ class Fleet:
         """`rbd ls` of the backup pool."""
         return json.loads(self.rbd("ls", "--format", "json", self.pools.backup))
 
-    def leftovers(self, volume: str, image: str, published: str | None = None) -> list[str]:
+    def leftovers(self, volume: str, image: str, published: Iterable[str] = ()) -> list[str]:
         """What a create of ``image`` from ``volume`` left that it should not have: snapshots of the
-        volume, .part images, templates of ``image`` other than ``published`` (its recorded installPath),
-        files in the shared filesystem backup storage other than ``published``."""
+        volume, .part images, templates of ``image`` other than those ``published`` (its recorded
+        installPaths), files in the shared filesystem backup storage other than those."""
+        published = set(published)
         found = [f"{self.pools.primary}/{volume}@{snap}" for snap in self.snapshots(volume)]
         for name in self.backup_images():
             if name.endswith(".part") and image in name:
                 found.append(f"{self.pools.backup}/{name}")
-            elif image in name and published != f"ceph://{self.pools.backup}/{name}":
+            elif image in name and f"ceph://{self.pools.backup}/{name}" not in published:
                 found.append(f"{self.pools.backup}/{name} (not recorded)")
         found += [str(p) for p in self.shared_dir.rglob("*") if p.is_file() and image in str(p)
-                  and str(p) != published]
+                  and str(p) not in published]
         return found
 
-    def wait_no_leftovers(self, volume: str, image: str, published: str | None = None,
+    def wait_no_leftovers(self, volume: str, image: str, published: Iterable[str] = (),
                           timeout_s: float = 60) -> tuple[list[str], float]:
         """(what is left when the wait ended, seconds waited)."""
         started = time.monotonic()

@@ -99,7 +99,7 @@ def test_a_killed_agents_copy_is_cleaned_and_failed_once_by_another_and_the_retr
     path = inventory["backupStorageRefs"][0]["installPath"]
     assert inventory["md5Sum"] == fleet.template_md5(path) == volume.md5
     assert [i["md5Sum"] for i in a.get_image(image)] == [volume.md5]
-    assert fleet.leftovers(volume.uuid, image, published=path) == []
+    assert fleet.leftovers(volume.uuid, image, published=[path]) == []
     figure("multi-agent kill points survived", f"{backup}@{point}")
 
 
