@@ -194,7 +194,7 @@ class Fleet:
     def __post_init__(self) -> None:
         self.primary_uuid, self.ceph_bs, self.file_bs = (uuid.uuid4().hex for _ in range(3))
         self.shared_dir = self.tmp / "shared-bs"  # the filesystem backup storage every agent mounts
-        self.shared_dir.mkdir()
+        self.shared_dir.mkdir(parents=True)
         self.sessions = self.tmp / "sessions"
         self.sessions.write_text(f"# test sessions\n{SESSION} {ACCOUNT}\n")
         self.hook = WebHook()
