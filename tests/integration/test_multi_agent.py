@@ -8,6 +8,8 @@ the first copies; a store that cannot be used is said clearly.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
 import uuid
@@ -163,4 +165,52 @@ def test_a_store_pool_that_is_not_there_stops_the_agent_at_start_with_a_clear_me
         assert check.returncode != 0
         assert missing in check.stdout, check.stdout
     finally:
+        site.close()
+
+
+def _wait_pool_flag(ceph, pool: str, flag: str, present: bool, timeout_s: float = 90) -> None:
+    """Until `ceph osd pool ls detail` shows (or no longer shows) ``flag`` on ``pool`` (the monitors set
+    full_quota from the pool's statistics, some seconds after the quota is reached)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pools = json.loads(ceph.ceph_cli("osd", "pool", "ls", "detail", "--format", "json"))
+        flags = next(p["flags_names"] for p in pools if p["pool_name"] == pool).split(",")
+        if (flag in flags) == present:
+            return
+        time.sleep(1)
+    raise AssertionError(f"pool {pool}: flag {flag} {'never set' if present else 'still set'} after {timeout_s} s")
+
+
+@pytest.mark.reliability  # the full pool's writes wait for [ceph] rados_osd_op_timeout (20 s here)
+def test_a_full_store_pool_fails_the_create_clearly_and_leaves_nothing(tmp_path, ceph_cluster, fleet_pools,
+                                                                        make_pool):
+    store_pool = make_pool("zsm-full")
+    site = Fleet(tmp_path, ceph_cluster, fleet_pools, names=("A",), store_pool=store_pool)
+    try:
+        site.start()
+        agent = site["A"]
+        volume = site.make_volume(4 * MiB)
+        objects = len(json.loads(ceph_cluster._cli("rados", ("-p", store_pool, "--all", "ls", "--format", "json"),
+                                                   None, 60)))
+        ceph_cluster.ceph_cli("osd", "pool", "set-quota", store_pool, "max_objects", str(max(1, objects)))
+        _wait_pool_flag(ceph_cluster, store_pool, "full_quota", True)
+        image = uuid.uuid4().hex
+        failed = agent.create(volume.uuid, image, [site.ceph_bs])
+        assert failed.status_code >= 400, failed.text
+        error = failed.json()["error"]
+        assert error["code"].startswith("SYS.") and store_pool in json.dumps(error), error
+        assert "Traceback" not in agent.tail()
+        left, _ = site.wait_no_leftovers(volume.uuid, image, timeout_s=60)
+        assert left == [], left
+
+        ceph_cluster.ceph_cli("osd", "pool", "set-quota", store_pool, "max_objects", "0")
+        _wait_pool_flag(ceph_cluster, store_pool, "full_quota", False)
+        deadline = time.monotonic() + 60  # the agent holds its lease again
+        while (retry := agent.create(volume.uuid, image, [site.ceph_bs])).status_code != 200:
+            assert time.monotonic() < deadline, retry.text
+            time.sleep(1)
+        assert retry.json()["inventory"]["md5Sum"] == volume.md5
+    finally:
+        with contextlib.suppress(Exception):
+            ceph_cluster.ceph_cli("osd", "pool", "set-quota", store_pool, "max_objects", "0")
         site.close()
