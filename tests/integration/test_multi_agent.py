@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -190,8 +191,9 @@ def test_a_full_store_pool_fails_the_create_clearly_and_leaves_nothing(tmp_path,
         site.start()
         agent = site["A"]
         volume = site.make_volume(4 * MiB)
-        objects = len(json.loads(ceph_cluster._cli("rados", ("-p", store_pool, "--all", "ls", "--format", "json"),
-                                                   None, 60)))
+        listed = subprocess.run(["rados", "-p", store_pool, "--all", "ls"], env=ceph_cluster.cli_env(),
+                                capture_output=True, text=True, check=True, timeout=60).stdout
+        objects = len(listed.splitlines())
         ceph_cluster.ceph_cli("osd", "pool", "set-quota", store_pool, "max_objects", str(max(1, objects)))
         _wait_pool_flag(ceph_cluster, store_pool, "full_quota", True)
         image = uuid.uuid4().hex
