@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -16,7 +15,7 @@ from zsagent.copy import md5
 from zsagent.filemodes import private_dir
 from zsagent.jobs import JobManager
 from zsagent.service import TemplateService
-from zsagent.store import FrontRecords, Store
+from zsagent.store import FrontRecords, Store, agent_id, open_store
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def build_agent(config: Config) -> Agent:
     removing what they left in the background, and build the app: it serves at once."""
     private_dir(config.agent.data_dir)
     md5.choose(config.agent.data_dir)  # measured once per CPU and library version, before the first copy
-    store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
+    store = open_store(config, agent_id(config))
     service = TemplateService(config, store)
     front_jobs = lambda: {call.job_uuid for call in FrontRecords(store).calls()}  # noqa: E731 - `front` cleans its own
     known_front = front_jobs()

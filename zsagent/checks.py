@@ -168,17 +168,32 @@ def _backup_storages(config: Config, runtime: Runtime) -> Iterator[Finding]:
 
 
 def _leftovers(config: Config) -> Iterator[Finding]:
-    """What failed or interrupted jobs left and the agent could not remove yet (it keeps retrying)."""
-    path = os.path.join(config.agent.data_dir, "zsagent.db")
-    if not os.path.exists(path):
-        return
-    from zsagent.store import Store
+    """Which store the agent uses and what failed or interrupted jobs left that the agent could not remove
+    yet (it keeps retrying)."""
+    from zsagent.errors import ZsError
+    from zsagent.store import agent_id, open_store
+    from zsagent.store.open import DB_FILE
 
-    store = Store(path)
+    if config.store.backend == "sqlite" and not os.path.exists(os.path.join(config.agent.data_dir, DB_FILE)):
+        return
     try:
+        store = open_store(config, agent_id(config))
+    except ZsError as e:
+        yield (False, f"store: {e.error.details}", "create the pool or correct [store] pool / [ceph]")
+        return
+    try:
+        where = store.describe()
         artifacts = store.artifacts()
+    except ZsError as e:
+        yield (False, f"store: {e.error.details}", "bring the OSDs back or make room in the pool")
+        return
     finally:
         store.close()
+    if where["backend"] == "rados":
+        yield (True, f"store: RADOS pool {where['pool']}, namespace {where['namespace']} (shared by the agents "
+                     "of this cluster)", "")
+    else:
+        yield (True, f"store: SQLite {where['path']} (this host only)", "")
     failed = [a for a in artifacts if a.attempts]
     if not failed:
         yield (True, "no leftovers of failed jobs wait to be removed", "")

@@ -7,7 +7,6 @@ or configuration; 130 cancelled with Ctrl-C (nothing is left behind).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
@@ -39,11 +38,11 @@ def open_service(config: Config):
     from zsagent.copy import md5
     from zsagent.filemodes import private_dir
     from zsagent.service import TemplateService
-    from zsagent.store import Store
+    from zsagent.store import agent_id, open_store
 
     private_dir(config.agent.data_dir)
     md5.choose(config.agent.data_dir)  # the cached choice the daemon uses (measured if none yet)
-    store = Store(os.path.join(config.agent.data_dir, "zsagent.db"))
+    store = open_store(config, agent_id(config))
     return TemplateService(config, store)
 
 
@@ -86,7 +85,10 @@ def serve(config_path: str, log_format: str) -> None:
 
     setup_logging(log_format)
     config = load_or_exit(config_path)
-    sys.exit(run_daemon(config))
+    try:
+        sys.exit(run_daemon(config))
+    except ZsError as e:  # e.g. the RADOS store's pool is missing: the daemon refuses to start
+        fail(e, "starting the agent")
 
 
 @main.command()
@@ -110,7 +112,10 @@ def front(config_path: str, log_format: str) -> None:
         click.echo(f"zsagent: bad configuration: {config.source}: front: fronts and upstream_url are required "
                    "for `zsagent front`", err=True)
         sys.exit(EXIT_USAGE)
-    sys.exit(serve_front(config))
+    try:
+        sys.exit(serve_front(config))
+    except ZsError as e:
+        fail(e, "starting the front")
 
 
 @main.command()

@@ -154,6 +154,29 @@ class FrontSettings:
         return bool(self.fronts and self.upstream_url)
 
 
+STORE_BACKENDS = ("sqlite", "rados")
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where the agent keeps its images, jobs and journal (zsagent.store).
+
+    backend: "sqlite" (one file in ``[agent] data_dir``, this host only) or "rados" (an object in a Ceph
+    pool that every agent on the cluster shares; the connection is the ``[ceph]`` one); pool: that pool
+    (required for "rados"; it must exist); namespace: the RADOS namespace in it (agents with different
+    namespaces do not see each other's records)."""
+
+    backend: str = "sqlite"
+    pool: str = ""
+    namespace: str = "zsagent"
+
+    def __post_init__(self) -> None:
+        if self.backend not in STORE_BACKENDS:
+            raise ValueError(f"backend: {self.backend!r} is not one of {', '.join(STORE_BACKENDS)}")
+        if self.backend == "rados" and not self.pool:
+            raise ValueError("pool: required when backend is \"rados\"")
+
+
 @dataclass(frozen=True)
 class PrimaryStorage:
     """Where volumes live: Ceph pools (image named by the volume uuid) or a file root in ZStack's
@@ -196,6 +219,7 @@ class Config:
     primary_storage: tuple[PrimaryStorage, ...] = ()
     backup_storage: tuple[BackupStorage, ...] = ()
     source: str = "<defaults>"
+    store: StoreSettings = field(default_factory=StoreSettings)
 
     def backup_storage_by_uuid(self, uuid: str) -> BackupStorage | None:
         return next((bs for bs in self.backup_storage if bs.uuid == uuid), None)
@@ -230,7 +254,8 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     """Check a parsed TOML document and build the Config."""
-    known = {"agent", "auth", "ceph", "pipeline", "image", "virt", "front", "primary_storage", "backup_storage"}
+    known = {"agent", "auth", "ceph", "pipeline", "image", "virt", "front", "primary_storage", "backup_storage",
+             "store"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{source}: {key}: unknown section (expected one of {', '.join(sorted(known))})")
@@ -241,6 +266,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     image = _section(raw, "image", ImageDefaults, source)
     virt = _section(raw, "virt", VirtSettings, source)
     front = _section(raw, "front", FrontSettings, source)
+    store = _section(raw, "store", StoreSettings, source)
     if agent.max_jobs < 1:
         raise ConfigError(f"{source}: agent.max_jobs: must be at least 1")
     if agent.max_body_bytes < 64 * 1024:
@@ -259,7 +285,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
             seen.add(item.uuid)
     if sum(bs.default for bs in backups) > 1:
         raise ConfigError(f"{source}: backup_storage.default: only one backup storage can be the default")
-    return Config(agent, auth, ceph, pipeline, image, virt, front, primaries, backups, source)
+    return Config(agent, auth, ceph, pipeline, image, virt, front, primaries, backups, source, store=store)
 
 
 def _section(raw: dict[str, Any], name: str, cls, source: str):

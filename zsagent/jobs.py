@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 EXPIRE_SWEEP_S = 60.0
 """Seconds between two removals of expired job records from the store."""
 
+PROGRESS_SAVE_S = 1.0
+"""Seconds between two saves of a running job's progress to the store (also saved at each state change),
+so that a poll on another agent sharing the store sees it move, without a write per chunk copied."""
+
 
 class JobState(enum.StrEnum):
     QUEUED = "queued"
@@ -163,18 +167,52 @@ class JobManager:
         self._lock = threading.Lock()
         self._next_sweep = 0.0  # time.monotonic() of the next DELETE of expired job records
         self._threads: set[threading.Thread] = set()
+        self._saver: threading.Thread | None = None  # saves running jobs' progress (_save_progress_loop)
+        self._saved_progress: dict[str, dict[str, Any]] = {}
 
     def submit(self, job: Job, work: Work, volume_uuid: str | None = None) -> Job:
         """Run ``work(job)`` on a thread of its own; the job stays queued until the work says it runs."""
-        job.on_state = lambda state: self.store.set_job_state(job.uuid, state)
+        job.on_state = lambda state: self._state_changed(job, state)
+        self.store.add_job(job.uuid, volume_uuid, job.account_uuid, job.readable_by_uuid, job.webhook)
         with self._lock:
             self._jobs[job.uuid] = job
-        self.store.add_job(job.uuid, volume_uuid, job.account_uuid, job.readable_by_uuid, job.webhook)
         thread = threading.Thread(target=self._run, args=(job, work), name=f"job-{job.uuid[:8]}")
         with self._lock:
             self._threads.add(thread)
+            if self._saver is None:
+                self._saver = threading.Thread(target=self._save_progress_loop, name="job-progress", daemon=True)
+                self._saver.start()
         thread.start()
         return job
+
+    def _state_changed(self, job: Job, state: JobState) -> None:
+        self.store.set_job_state(job.uuid, state)
+        self._save_progress(job)
+
+    def _save_progress(self, job: Job) -> None:
+        """Store the job's progress when it changed since the last save; a store that fails is only logged
+        (the copy goes on, a poll elsewhere sees older progress)."""
+        progress = job.progress_json()
+        if self._saved_progress.get(job.uuid) == progress:
+            return
+        try:
+            self.store.set_job_progress(job.uuid, progress)
+        except ZsError as e:
+            log.warning("job %s: its progress could not be saved: %s", job.uuid, e)
+            return
+        self._saved_progress[job.uuid] = progress
+
+    def _save_progress_loop(self) -> None:
+        """Every PROGRESS_SAVE_S, save the progress of the running jobs; ends when none runs."""
+        while True:
+            time.sleep(PROGRESS_SAVE_S)
+            with self._lock:
+                running = [j for j in self._jobs.values() if not j.done.is_set()]
+                if not running:
+                    self._saver = None
+                    return
+            for job in running:
+                self._save_progress(job)
 
     def _run(self, job: Job, work: Work) -> None:
         timer = None
@@ -202,6 +240,8 @@ class JobManager:
             job.state = JobState.DONE
         else:
             job.state = JobState.CANCELLED if outcome == errors.CANCELLED else JobState.FAILED
+        self._save_progress(job)
+        self._saved_progress.pop(job.uuid, None)
         self.store.finish_job(job.uuid, job.state, 200 if job.success else 503, body, job.errors,
                               job.point_in_time)
         if self.metrics is not None:
@@ -254,11 +294,19 @@ class JobManager:
                            job.readable_by_uuid)
         else:
             record = self.store.get_job(job_uuid)
-            if record is None or record.result is None or (
-                    record.finished_epoch is not None and record.finished_epoch < time.time() - self.retention_s):
+            if record is None:
+                return None
+            if record.result is None:
+                if record.state not in (JobState.QUEUED, JobState.RUNNING):
+                    return None
+                # running on another agent that shares the store: its progress as that agent last saved it
+                progress = record.progress or {"phase": record.state, "percent": 0, "bytesDone": 0, "bytesTotal": 0}
+                view = JobView(record.uuid, True, False, None, progress, record.account_uuid, record.readable_by_uuid)
+            elif record.finished_epoch is not None and record.finished_epoch < time.time() - self.retention_s:
                 return None  # expired (the store forgets it at the next sweep)
-            view = JobView(record.uuid, False, _succeeded(record.result), record.result, None,
-                           record.account_uuid, record.readable_by_uuid)
+            else:
+                view = JobView(record.uuid, False, _succeeded(record.result), record.result, None,
+                               record.account_uuid, record.readable_by_uuid)
         if caller_uuid is not ANYONE and not view.readable_by(caller_uuid):  # type: ignore[arg-type]
             return None
         return view

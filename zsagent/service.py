@@ -417,13 +417,15 @@ class TemplateService:
     def fail_interrupted(self, owns: Callable[[str], bool] | None = None) -> list[JobRecord]:
         """After a restart: jobs that were queued or running failed (SYS.1006 "agent restarted during
         copy"); returns them as they are stored now (with their web hooks). ``owns``: which jobs are this
-        process's (`serve` and `front` may share a store); None: all."""
+        process's (`serve` and `front` may share a store); None: all. A store shared with other agents
+        (RADOS) gives only this agent's own jobs: the others' are theirs, or their takeover's."""
         interrupted = []
-        for job in self.store.unfinished_jobs():
+        for job in self.store.unfinished_jobs(owner=self.store.owner if self.store.shared else None):
             if owns is not None and not owns(job.uuid):
                 continue
-            self.store.finish_job(job.uuid, JobState.FAILED, 503, {"error": INTERRUPTED.to_json()})
-            interrupted.append(self.store.get_job(job.uuid))
+            # atomic: another agent's takeover may fail the same job at the same time; one of them tells it
+            if self.store.fail_job_if_unfinished(job.uuid, {"error": INTERRUPTED.to_json()}, 503):
+                interrupted.append(self.store.get_job(job.uuid))
         return [j for j in interrupted if j is not None]
 
     def reconcile(self, owns: Callable[[str], bool] | None = None) -> list[str]:

@@ -18,7 +18,7 @@ from mn_simulator import MnSimulator, now_ms
 from upstream_agent import UpstreamAgent
 
 from zsagent.sinks import rbd_image
-from zsagent.store import FrontCall, FrontRecords, Store
+from zsagent.store import FrontCall, FrontRecords, SqliteStore
 
 MiB = 1024 * 1024
 CP = "/ceph/primarystorage/volume/cp"
@@ -229,7 +229,7 @@ def test_restart_fails_the_interrupted_cp_and_removes_its_leftovers(real_rbd_env
                            primary=[{"uuid": uuid.uuid4().hex, "type": "ceph", "pools": [env.src_pool]}],
                            backup=[{"uuid": uuid.uuid4().hex, "type": "ceph", "pool": env.dst_pool}])
         part = uuid.uuid4().hex + ".part"
-        store = Store(tmp_path / "data" / "zsagent.db")
+        store = SqliteStore(tmp_path / "data" / "zsagent.db")
         job = uuid.uuid4().hex
         FrontRecords(store).add_call(FrontCall(job, waiting.task_uuid, mn.callback_url, CP, time.time() + 60))
         store.add_job(job, None)

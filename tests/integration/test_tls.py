@@ -112,11 +112,11 @@ def test_it_binds_to_this_host_unless_told_and_check_warns_about_plain_http_else
 
 
 def test_the_data_dir_and_the_store_are_the_agents_alone(tmp_path):
-    from zsagent.store import Store
+    from zsagent.store import SqliteStore
 
     old = os.umask(0o022)
     try:
-        store = Store(tmp_path / "data" / "zsagent.db")
+        store = SqliteStore(tmp_path / "data" / "zsagent.db")
         store.add_job(uuid.uuid4().hex, None)
     finally:
         os.umask(old)

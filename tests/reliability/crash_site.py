@@ -25,7 +25,7 @@ from support import md5sum_file
 
 from zsagent.agent import build_agent
 from zsagent.config import load_config
-from zsagent.store import Store
+from zsagent.store import SqliteStore
 
 MiB = 1024 * 1024
 ZSAGENT = [sys.executable, "-m", "zsagent"]
@@ -283,7 +283,7 @@ class CrashSite:
                          timeout=30)
 
     def journal(self) -> list:
-        store = Store(self.data_dir / "zsagent.db")
+        store = SqliteStore(self.data_dir / "zsagent.db")
         try:
             return store.artifacts()
         finally:

@@ -9,7 +9,7 @@ import pytest
 from zsagent import cleanup, faults
 from zsagent.errors import ZsError
 from zsagent.janitor import Janitor
-from zsagent.store import Store
+from zsagent.store import SqliteStore
 
 
 def test_fault_specs_parse_and_bad_ones_are_refused():
@@ -56,7 +56,7 @@ class Removals:
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store(tmp_path / "db")
+    s = SqliteStore(tmp_path / "db")
     yield s
     s.close()
 

@@ -9,7 +9,7 @@ from upstream_agent import UpstreamAgent
 
 from zsagent.checks import front_upstream
 from zsagent.config import ConfigError, parse_config
-from zsagent.store import FrontRecords, Store
+from zsagent.store import FrontRecords, SqliteStore
 
 
 def test_front_section_is_checked():
@@ -34,7 +34,7 @@ def test_check_says_whether_zstacks_agent_answers_its_echo(fronts, path):
 
 
 def test_intents_expire_and_are_forgotten(tmp_path):
-    records = FrontRecords(Store(tmp_path / "db"))
+    records = FrontRecords(SqliteStore(tmp_path / "db"))
     records.put_intent("/ps/templateWorkspace/a", "api", {"x": 1}, time.time() + 60)
     records.put_intent("/ps/templateWorkspace/b", "api", {"x": 2}, time.time() - 1)
     assert records.intent("/ps/templateWorkspace/a") == {"x": 1}

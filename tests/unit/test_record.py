@@ -12,7 +12,7 @@ from zsagent.jobs import Job
 from zsagent.request import parse_body
 from zsagent.service import TemplateService
 from zsagent.storages import KINDS, Destination, TemplateJob
-from zsagent.store import JobJournal, Store
+from zsagent.store import JobJournal, SqliteStore
 
 VOLUME = "0cd599ec519249489475112a058bb93a"
 ACCOUNT = "36c27e8ff05c4780bf6d2fa65700f22e"
@@ -24,7 +24,7 @@ def two_sftp_storages_with_one_path(tmp_path):
     common = {"type": "sftp", "private_key": "/k", "known_hosts": "/kh", "path": "/backup", "format": "raw"}
     config = parse_config({"agent": {"data_dir": str(tmp_path)}, "backup_storage": [
         {"uuid": FIRST, "hostname": "bs1.example", **common}, {"uuid": SECOND, "hostname": "bs2.example", **common}]})
-    return config, TemplateService(config, Store(tmp_path / "zsagent.db"))
+    return config, TemplateService(config, SqliteStore(tmp_path / "zsagent.db"))
 
 
 def record(tmp_path, *, fail_first: bool = False):

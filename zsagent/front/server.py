@@ -9,7 +9,6 @@ running copies finish within ``[agent] drain_s``, then cancels the rest (each st
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
@@ -23,7 +22,7 @@ from zsagent.front.forward import RawRequest
 from zsagent.front.front import Front
 from zsagent.jobs import JobManager
 from zsagent.service import TemplateService
-from zsagent.store import Store
+from zsagent.store import agent_id, open_store
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class FrontAgent:
         private_dir(data_dir)
         md5.choose(data_dir)
         self.config = config
-        self.store = Store(os.path.join(data_dir, "zsagent.db"))
+        self.store = open_store(config, agent_id(config), data_dir)
         self.service = TemplateService(config, self.store)
         self.jobs = JobManager(self.store, config.agent.job_retention_s, metrics=self.service.metrics)
         self.front = Front(config, self.store, self.service, self.jobs)

@@ -9,11 +9,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zsagent import errors
 from zsagent.filemodes import private_dir, private_file
+from zsagent.store.records import Artifact, FrontCall, ImageRecord, JobRecord
 
 SCHEMA_VERSION = 1
 
@@ -41,7 +42,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_s   REAL,
     account_uuid TEXT,            -- who started it (zsagent.ownership); NULL: not identified
     readable_by_uuid INTEGER NOT NULL DEFAULT 0, -- 1: its uuid alone is enough to read it (see may_read_job)
-    webhook      TEXT             -- where the result is POSTed (also after a restart ended the job)
+    webhook      TEXT,            -- where the result is POSTed (also after a restart ended the job)
+    owner        TEXT,            -- the agent that runs it (zsagent.store.open.agent_id)
+    progress     TEXT             -- its progress_json() as last saved (JSON)
 );
 CREATE TABLE IF NOT EXISTS journal (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -52,7 +55,8 @@ CREATE TABLE IF NOT EXISTS journal (
     volume_uuid  TEXT,            -- the job's volume and template: a retry cleans what an earlier
     image_uuid   TEXT,            -- attempt left (zsagent.janitor)
     attempts     INTEGER NOT NULL DEFAULT 0,  -- failed removals so far
-    last_error   TEXT             -- why the last removal failed
+    last_error   TEXT,            -- why the last removal failed
+    owner        TEXT             -- the agent whose job made it
 );
 CREATE TABLE IF NOT EXISTS front_calls (
     job_uuid     TEXT PRIMARY KEY,  -- a job of `zsagent front` (zsagent.front): the MN waits for its result
@@ -70,62 +74,25 @@ CREATE TABLE IF NOT EXISTS front_intents (
 """
 
 _ADDED_COLUMNS = {
-    "jobs": (("account_uuid", "TEXT"), ("readable_by_uuid", "INTEGER NOT NULL DEFAULT 0"), ("webhook", "TEXT")),
+    "jobs": (("account_uuid", "TEXT"), ("readable_by_uuid", "INTEGER NOT NULL DEFAULT 0"), ("webhook", "TEXT"),
+             ("owner", "TEXT"), ("progress", "TEXT")),
     "journal": (("volume_uuid", "TEXT"), ("image_uuid", "TEXT"), ("attempts", "INTEGER NOT NULL DEFAULT 0"),
-                ("last_error", "TEXT")),
+                ("last_error", "TEXT"), ("owner", "TEXT")),
 }
 """Columns newer than the first schema: added to a database made before them (its old jobs then have no
 owner, and only the admin reads them; its journal entries no volume, so only a restart's cleanup takes them)."""
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    uuid: str
-    account_uuid: str
-    volume_uuid: str
-    fingerprint: str
-    inventory: dict[str, Any]
-    refs: list[dict[str, Any]]
-    tags: dict[str, Any]
+class SqliteStore:
+    """One SQLite database; safe to use from several threads. ``owner``: this agent's id, stamped on the
+    jobs and journal entries it writes (None: none, as before agents had ids)."""
 
+    shared = False
+    """Only this host uses these records (zsagent.store.protocol.Store.shared)."""
 
-@dataclass(frozen=True)
-class JobRecord:
-    """A job as stored; created_epoch / finished_epoch: seconds since 1970."""
-
-    uuid: str
-    volume_uuid: str | None
-    state: str
-    result: dict[str, Any] | None
-    http_status: int | None
-    errors: list[dict[str, Any]]
-    created_epoch: float
-    finished_epoch: float | None
-    point_in_time: dict[str, Any] | None = None
-    account_uuid: str | None = None
-    readable_by_uuid: bool = False
-    webhook: str | None = None
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A temporary thing a job creates: ``kind`` and where it is (``spec``)."""
-
-    id: int
-    job_uuid: str
-    kind: str
-    spec: dict[str, Any]
-    volume_uuid: str | None = None
-    image_uuid: str | None = None
-    created_epoch: float = 0.0
-    attempts: int = 0
-    last_error: str | None = None
-
-
-class Store:
-    """One SQLite database; safe to use from several threads."""
-
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, owner: str | None = None) -> None:
+        self.path = str(path)
+        self.owner = owner
         private_dir(Path(path).parent)
         private_file(path)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
@@ -145,6 +112,12 @@ class Store:
         with self._lock:
             self._db.close()
 
+    def local(self) -> SqliteStore:
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "sqlite", "path": self.path, "owner": self.owner}
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -161,12 +134,15 @@ class Store:
     def put_image(self, record: ImageRecord, artifacts: Iterable[int] = ()) -> None:
         """Record the image and forget the journalled ``artifacts`` it now owns, in one transaction: a
         crash leaves either both (the template is the image's) or neither (reconcile removes it)."""
-        with self._tx() as db:
-            db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?)",
-                       (record.uuid, record.account_uuid, record.volume_uuid, record.fingerprint,
-                        json.dumps(record.inventory), json.dumps(record.refs), json.dumps(record.tags),
-                        time.time()))
-            db.executemany("DELETE FROM journal WHERE id=?", [(i,) for i in artifacts])
+        try:
+            with self._tx() as db:
+                db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?)",
+                           (record.uuid, record.account_uuid, record.volume_uuid, record.fingerprint,
+                            json.dumps(record.inventory), json.dumps(record.refs), json.dumps(record.tags),
+                            time.time()))
+                db.executemany("DELETE FROM journal WHERE id=?", [(i,) for i in artifacts])
+        except sqlite3.IntegrityError:
+            raise errors.invalid(f"resourceUuid {record.uuid} is already used by another image") from None
 
     def get_image(self, uuid: str) -> ImageRecord | None:
         with self._lock:
@@ -188,8 +164,9 @@ class Store:
                 readable_by_uuid: bool = False, webhook: str | None = None) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO jobs (uuid, volume_uuid, state, created_s, account_uuid, readable_by_uuid, "
-                       "webhook) VALUES (?,?,?,?,?,?,?)", (uuid, volume_uuid, "queued", time.time(), account_uuid,
-                                                           int(readable_by_uuid), webhook))
+                       "webhook, owner) VALUES (?,?,?,?,?,?,?,?)",
+                       (uuid, volume_uuid, "queued", time.time(), account_uuid, int(readable_by_uuid), webhook,
+                        self.owner))
 
     def set_job_account(self, uuid: str, account_uuid: str, readable_by_uuid: bool) -> None:
         with self._tx() as db:
@@ -207,14 +184,28 @@ class Store:
                        "WHERE uuid=?", (state, http_status, json.dumps(result), json.dumps(errors or []),
                                         json.dumps(point_in_time), time.time(), uuid))
 
+    def fail_job_if_unfinished(self, uuid: str, result: dict[str, Any], http_status: int = 503) -> bool:
+        with self._tx() as db:
+            return db.execute("UPDATE jobs SET state='failed', http_status=?, result=?, errors='[]', finished_s=? "
+                              "WHERE uuid=? AND state IN ('queued','running')",
+                              (http_status, json.dumps(result), time.time(), uuid)).rowcount > 0
+
+    def set_job_progress(self, uuid: str, progress: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET progress=? WHERE uuid=?", (json.dumps(progress), uuid))
+
     def get_job(self, uuid: str) -> JobRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE uuid=?", (uuid,)).fetchone()
         return _job(row) if row else None
 
-    def unfinished_jobs(self) -> list[JobRecord]:
+    def unfinished_jobs(self, owner: str | None = None) -> list[JobRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs WHERE state IN ('queued','running')").fetchall()
+            if owner is None:
+                rows = self._db.execute("SELECT * FROM jobs WHERE state IN ('queued','running')").fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM jobs WHERE state IN ('queued','running') AND owner=?",
+                                        (owner,)).fetchall()
         return [_job(r) for r in rows]
 
     def forget_jobs_before(self, finished_before_s: float) -> int:
@@ -228,9 +219,9 @@ class Store:
                 image_uuid: str | None = None) -> int:
         """Record an artifact *before* it is created (temporary or final name); returns its id."""
         with self._tx() as db:
-            return db.execute("INSERT INTO journal (job_uuid, kind, spec, created_s, volume_uuid, image_uuid) "
-                              "VALUES (?,?,?,?,?,?)", (job_uuid, kind, json.dumps(spec, sort_keys=True),
-                                                       time.time(), volume_uuid, image_uuid)).lastrowid
+            return db.execute("INSERT INTO journal (job_uuid, kind, spec, created_s, volume_uuid, image_uuid, owner) "
+                              "VALUES (?,?,?,?,?,?,?)", (job_uuid, kind, json.dumps(spec, sort_keys=True),
+                                                         time.time(), volume_uuid, image_uuid, self.owner)).lastrowid
 
     def artifact_failed(self, artifact_id: int, error: str) -> None:
         """Count a failed removal of the artifact and keep why."""
@@ -245,33 +236,26 @@ class Store:
         with self._tx() as db:
             db.execute("DELETE FROM journal WHERE id=?", (artifact_id,))
 
-    def artifacts(self, job_uuid: str | None = None) -> list[Artifact]:
+    def artifacts(self, job_uuid: str | None = None, owner: str | None = None) -> list[Artifact]:
+        where, args = [], []
+        for column, value in (("job_uuid", job_uuid), ("owner", owner)):
+            if value is not None:
+                where.append(f"{column}=?")
+                args.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
         with self._lock:
-            if job_uuid is None:
-                rows = self._db.execute("SELECT * FROM journal ORDER BY id").fetchall()
-            else:
-                rows = self._db.execute("SELECT * FROM journal WHERE job_uuid=? ORDER BY id",
-                                        (job_uuid,)).fetchall()
+            rows = self._db.execute(f"SELECT * FROM journal{clause} ORDER BY id", args).fetchall()
         return [Artifact(r["id"], r["job_uuid"], r["kind"], json.loads(r["spec"]), r["volume_uuid"],
-                         r["image_uuid"], r["created_s"], r["attempts"], r["last_error"]) for r in rows]
-
-
-@dataclass(frozen=True)
-class FrontCall:
-    """A management-node command `zsagent front` took over and has not answered yet."""
-
-    job_uuid: str
-    task_uuid: str
-    callback_url: str
-    path: str
-    expires_epoch: float
+                         r["image_uuid"], r["created_s"], r["attempts"], r["last_error"], r["owner"]) for r in rows]
 
 
 class FrontRecords:
-    """The front's rows in the store: calls the management node waits for, and local/NFS intents."""
+    """The front's rows in the store: calls the management node waits for, and local/NFS intents. They are
+    about this host (its management-node connection, its local files), so they live in the local SQLite
+    file whatever the store's backend (``store.local()``)."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, store) -> None:
+        self.store: SqliteStore = store.local()
 
     def add_call(self, call: FrontCall) -> None:
         with self.store._tx() as db:
@@ -327,7 +311,8 @@ def _job(row: sqlite3.Row) -> JobRecord:
                      json.loads(row["result"]) if row["result"] else None, row["http_status"],
                      json.loads(row["errors"]) if row["errors"] else [], row["created_s"], row["finished_s"],
                      json.loads(row["point_in_time"]) if row["point_in_time"] else None,
-                     row["account_uuid"], bool(row["readable_by_uuid"]), row["webhook"])
+                     row["account_uuid"], bool(row["readable_by_uuid"]), row["webhook"], row["owner"],
+                     json.loads(row["progress"]) if row["progress"] else None)
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
@@ -336,49 +321,3 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         for name, declaration in columns:
             if name not in have:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
-
-
-class JobJournal:
-    """One job's artifact journal in the store (a zsagent.sinks.base.Journal).
-
-    ``scope()`` gives a journal that also remembers which of the entries are its own (``ids``): one per
-    destination and one for the source, so that a successful job hands exactly the published
-    destinations' entries to ``Store.put_image``.
-    """
-
-    def __init__(self, store: Store, job_uuid: str, volume_uuid: str | None = None,
-                 image_uuid: str | None = None) -> None:
-        self.store = store
-        self.job_uuid = job_uuid
-        self.volume_uuid = volume_uuid
-        self.image_uuid = image_uuid
-
-    def record(self, kind: str, spec: dict[str, Any]) -> int:
-        return self.store.journal(self.job_uuid, kind, spec, self.volume_uuid, self.image_uuid)
-
-    def forget(self, artifact_id: int) -> None:
-        self.store.clear_artifact(artifact_id)
-
-    def scope(self) -> JournalScope:
-        return JournalScope(self)
-
-
-class JournalScope:
-    """A view of a JobJournal that knows its own entries still in the journal: ``ids`` maps each to its
-    kind."""
-
-    def __init__(self, journal: JobJournal) -> None:
-        self.journal = journal
-        self.ids: dict[int, str] = {}
-        self._lock = threading.Lock()
-
-    def record(self, kind: str, spec: dict[str, Any]) -> int:
-        artifact_id = self.journal.record(kind, spec)
-        with self._lock:
-            self.ids[artifact_id] = kind
-        return artifact_id
-
-    def forget(self, artifact_id: int) -> None:
-        self.journal.forget(artifact_id)
-        with self._lock:
-            self.ids.pop(artifact_id, None)
