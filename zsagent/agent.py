@@ -10,12 +10,14 @@ from fastapi import FastAPI
 from zsagent.api import create_app
 from zsagent.auth import AccessKeysFile, Authenticator, ManagementNodeSessions, SessionsFile
 from zsagent.ceph import fencing
+from zsagent.cluster import membership
+from zsagent.cluster.agents import agent_id
 from zsagent.config import Config
 from zsagent.copy import md5
 from zsagent.filemodes import private_dir
 from zsagent.jobs import JobManager
 from zsagent.service import TemplateService
-from zsagent.store import FrontRecords, Store, agent_id, open_store
+from zsagent.store import FrontRecords, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,11 @@ class Agent:
     service: TemplateService
     jobs: JobManager
     app: FastAPI
+    member: membership.Membership | None = None  # with a store several agents share (zsagent.cluster)
 
     def close(self) -> None:
+        if self.member is not None:
+            self.member.close()
         self.service.close()
         self.store.close()
 
@@ -67,21 +72,24 @@ def _fence_the_last_run(service: TemplateService, data_dir: str) -> None:
 
 
 def build_agent(config: Config) -> Agent:
-    """Open the store, fail the jobs a previous run left unfinished (telling their web hooks), start
-    removing what they left in the background, and build the app: it serves at once."""
+    """Open the store, join the other agents when it is shared (zsagent.cluster), fail the jobs a
+    previous run left unfinished (telling their web hooks), start removing what they left in the
+    background, and build the app: it serves at once."""
     private_dir(config.agent.data_dir)
     md5.choose(config.agent.data_dir)  # measured once per CPU and library version, before the first copy
-    store = open_store(config, agent_id(config))
+    me = agent_id(config)
+    store = open_store(config, me)
     service = TemplateService(config, store)
+    jobs = JobManager(store, config.agent.job_retention_s, metrics=service.metrics)
+    member = membership.join(config, me, store, service, jobs)  # waits for this agent's liveness lease
     front_jobs = lambda: {call.job_uuid for call in FrontRecords(store).calls()}  # noqa: E731 - `front` cleans its own
     known_front = front_jobs()
     interrupted = service.fail_interrupted(owns=lambda job_uuid: job_uuid not in known_front)
     service.janitor.foreign = front_jobs
     if interrupted:
         log.warning("jobs interrupted by the last stop, now failed: %s", ", ".join(j.uuid for j in interrupted))
-    jobs = JobManager(store, config.agent.job_retention_s, metrics=service.metrics)
     jobs.tell_interrupted(interrupted)
     _fence_the_last_run(service, config.agent.data_dir)
     service.janitor.start()  # what the interrupted jobs left (Ceph may hold a dead watch for 30 s)
     app = create_app(service, jobs, sessions_for(config))
-    return Agent(config, store, service, jobs, app)
+    return Agent(config, store, service, jobs, app, member)

@@ -32,6 +32,7 @@ def run_checks(config: Config) -> list[Finding]:
         runtime.close()
     findings += list(_qemu_img_engine(config))
     findings += list(_leftovers(config))
+    findings += list(_agents(config))
     findings += list(front_upstream(config))
     findings.append(md5_finding(config.agent.data_dir))
     return list(dict.fromkeys(findings))  # a pool both primary and backup storage is said once
@@ -202,6 +203,42 @@ def _leftovers(config: Config) -> Iterator[Finding]:
         yield (False, f"job {a.job_uuid} left {a.kind} {where}: {a.attempts} removals failed, last: {a.last_error}",
                "the running agent retries it with backoff; fix the cause (e.g. bring the OSD or SFTP server "
                "back) and it goes away")
+
+
+def _agents(config: Config) -> Iterator[Finding]:
+    """With the RADOS store: every agent registered there with the age of its lease (zsagent.cluster.agents);
+    one whose lease ran out is taken over by a live agent. (A store that cannot be opened is said by
+    _leftovers.)"""
+    if config.store.backend != "rados":
+        return
+    from zsagent.cluster.agents import agent_id, registered_agents
+    from zsagent.store import open_store
+
+    me = agent_id(config)
+    try:
+        store = open_store(config, me)
+    except Exception:  # noqa: BLE001 - said once, by _leftovers
+        return
+    try:
+        entries = registered_agents(store.ioctx, store.rados)
+    except store.rados.Error as e:
+        yield (False, f"the agents' registry in the store cannot be read: {type(e).__name__}: {e}",
+               "bring the OSDs back; check [store] pool")
+        return
+    finally:
+        store.close()
+    lease_s = config.cluster.lease_s
+    if not entries:
+        yield (True, "no agent is registered in the store yet (an agent registers when it starts)", "")
+    for entry in entries:
+        age_s = entry.lease_age_s()
+        name = f"agent {entry.agent_id}{' (this one)' if entry.agent_id == me else ''} on {entry.host}, " \
+               f"API {entry.listen}, pid {entry.pid}"
+        if age_s < lease_s:
+            yield (True, f"{name}: alive, lease renewed {age_s:.1f} s ago", "")
+        else:
+            yield (True, f"{name}: its lease ran out {age_s - lease_s:.0f} s ago (renewed {age_s:.0f} s ago)",
+                   "a live agent takes over its jobs and leftovers within a lease; if none runs, start one")
 
 
 def md5_finding(data_dir: str | None) -> Finding:

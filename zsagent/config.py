@@ -154,6 +154,41 @@ class FrontSettings:
         return bool(self.fronts and self.upstream_url)
 
 
+AGENT_ID_MAX_CHARS = 128
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Several agents on one Ceph cluster (zsagent.cluster; used with ``[store] backend = "rados"``).
+
+    agent_id: this agent's name among them, stamped on its jobs and journal entries (empty: "<hostname>:<port
+    of agent.listen>"); printable, no "/", at most 128 characters. lease_s: seconds an agent's liveness lease
+    and a volume lock last on the OSDs without renewal (renewed every lease_s/3): after an agent stops,
+    another one takes over its jobs about this long later. volume_lock_wait_s: how long a request waits
+    for another agent's copy of the same volume before it fails with SYS.1001 (timeout); 0: no limit of
+    its own, it waits as long as the request's API timeout allows, like ZStack's per-volume queue (the
+    chain task with sync signature "volume-<uuid>", storage/.../volume/VolumeBase.java l.103, whose
+    queued messages time out with ``touterr``, core/.../cloudbus/CloudBusImpl3.java l.289-290)."""
+
+    agent_id: str = ""
+    lease_s: float = 30.0
+    volume_lock_wait_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.agent_id and (not self.agent_id.isprintable() or "/" in self.agent_id
+                              or len(self.agent_id) > AGENT_ID_MAX_CHARS or self.agent_id.strip() != self.agent_id):
+            raise ValueError(f"agent_id: {self.agent_id!r} must be printable, without '/' or surrounding "
+                             f"spaces, at most {AGENT_ID_MAX_CHARS} characters")
+        for name in ("lease_s", "volume_lock_wait_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name}: must be a number of seconds, not {type(value).__name__}")
+        if self.lease_s < 1:
+            raise ValueError("lease_s: must be at least 1 second")
+        if self.volume_lock_wait_s < 0:
+            raise ValueError("volume_lock_wait_s: must not be negative")
+
+
 STORE_BACKENDS = ("sqlite", "rados")
 
 
@@ -216,6 +251,7 @@ class Config:
     image: ImageDefaults = field(default_factory=ImageDefaults)
     virt: VirtSettings = field(default_factory=VirtSettings)
     front: FrontSettings = field(default_factory=FrontSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     primary_storage: tuple[PrimaryStorage, ...] = ()
     backup_storage: tuple[BackupStorage, ...] = ()
     source: str = "<defaults>"
@@ -255,7 +291,7 @@ def load_config(path: str | Path) -> Config:
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     """Check a parsed TOML document and build the Config."""
     known = {"agent", "auth", "ceph", "pipeline", "image", "virt", "front", "primary_storage", "backup_storage",
-             "store"}
+             "store", "cluster"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{source}: {key}: unknown section (expected one of {', '.join(sorted(known))})")
@@ -267,6 +303,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     virt = _section(raw, "virt", VirtSettings, source)
     front = _section(raw, "front", FrontSettings, source)
     store = _section(raw, "store", StoreSettings, source)
+    cluster = _section(raw, "cluster", ClusterSettings, source)
     if agent.max_jobs < 1:
         raise ConfigError(f"{source}: agent.max_jobs: must be at least 1")
     if agent.max_body_bytes < 64 * 1024:
@@ -285,7 +322,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
             seen.add(item.uuid)
     if sum(bs.default for bs in backups) > 1:
         raise ConfigError(f"{source}: backup_storage.default: only one backup storage can be the default")
-    return Config(agent, auth, ceph, pipeline, image, virt, front, primaries, backups, source, store=store)
+    return Config(agent, auth, ceph, pipeline, image, virt, front, primaries, backups, source, store=store,
+                  cluster=cluster)
 
 
 def _section(raw: dict[str, Any], name: str, cls, source: str):

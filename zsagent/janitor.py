@@ -7,7 +7,9 @@ in the background with exponential backoff. A new request for the same volume or
 settles what earlier attempts left (``settle``), so it never trips over it.
 
 Only artifacts of jobs that are over are touched: a job running in this process (``active``), or one
-whose stored state is still queued/running (another process, e.g. `zsagent copy`), keeps its own.
+whose stored state is still queued/running (another process, e.g. `zsagent copy`), keeps its own. With a
+store several agents share (``owner`` set), only this agent's own artifacts are; another agent's are
+removed by a live agent's takeover once it stopped (zsagent.cluster.takeover, through ``remove_due``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ MAX_BACKOFF_S = 60.0
 
 class Janitor:
     """``active()``: uuids of the jobs running in this process; ``started_epoch``: when this process
-    started (artifacts of jobs that have no stored state are another process' unless older than that)."""
+    started (artifacts of jobs that have no stored state are another process' unless older than that);
+    ``owner``: this agent's id when the store is shared by several agents (only its artifacts are its
+    to clean), None (an unshared store): every artifact in it."""
 
     def __init__(self, store: Store, runtime: Runtime, active: Callable[[], set[str]], metrics=None,
                  first_backoff_s: float = FIRST_BACKOFF_S, max_backoff_s: float = MAX_BACKOFF_S) -> None:
@@ -50,6 +54,7 @@ class Janitor:
         self.before_first_sweep: Callable[[list[Artifact]], None] | None = None
         self._ended_here: set[str] = set()  # jobs of this process that are over, whatever the store says yet
         self.foreign: Callable[[], set[str]] | None = None  # jobs another part cleans itself (`zsagent front`)
+        self.owner: str | None = store.owner if getattr(store, "shared", False) else None
 
     # -- background -------------------------------------------------------------------------------
 
@@ -95,7 +100,7 @@ class Janitor:
 
     def cleanable(self) -> list[Artifact]:
         """Journalled artifacts of jobs that are over."""
-        artifacts = self.store.artifacts()
+        artifacts = self._own_artifacts()
         active = self.active() | (self.foreign() if self.foreign is not None and artifacts else set())
         states: dict[str, str | None] = {}
         found = []
@@ -161,9 +166,18 @@ class Janitor:
         log.log(level, "job %s: could not remove %s %s (attempt %d, next in %.1f s): %s", artifact.job_uuid,
                 artifact.kind, _name(artifact), attempts, backoff, reason)
 
+    def _own_artifacts(self) -> list[Artifact]:
+        return self.store.artifacts() if self.owner is None else self.store.artifacts(owner=self.owner)
+
+    def remove_due(self, artifacts: list[Artifact]) -> list[Artifact]:
+        """One attempt at each of ``artifacts`` whose retry is due, newest first (for artifacts this janitor
+        does not pick itself: another agent's, zsagent.cluster.takeover); returns those still there."""
+        now = time.monotonic()
+        return [a for a in reversed(artifacts) if self._due.get(a.id, 0.0) > now or not self.remove(a)]
+
     def _count_pending(self) -> None:
         if self.metrics is not None:
-            self.metrics.cleanup_pending.set(len(self.store.artifacts()))
+            self.metrics.cleanup_pending.set(len(self._own_artifacts()))
 
     # -- for a new request ------------------------------------------------------------------------
 

@@ -64,6 +64,7 @@ class Job:
     uuid: str = field(default_factory=lambda: uuidlib.uuid4().hex)
     state: JobState = JobState.QUEUED
     phase: str = "queued"
+    waiting_for: str | None = None  # while queued behind another agent's copy of the volume: its agent id
     bytes_done: int = 0
     bytes_total: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -104,8 +105,11 @@ class Job:
         return min(99, int(100 * self.bytes_done / self.bytes_total))
 
     def progress_json(self) -> dict[str, Any]:
-        return {"phase": self.phase, "percent": self.percent, "bytesDone": self.bytes_done,
-                "bytesTotal": self.bytes_total}
+        progress = {"phase": self.phase, "percent": self.percent, "bytesDone": self.bytes_done,
+                    "bytesTotal": self.bytes_total}
+        if self.phase == "queued" and self.waiting_for:
+            progress["waitingFor"] = self.waiting_for
+        return progress
 
 
 def post_webhook(url: str, job_uuid: str, success: bool, body: dict[str, Any], attempts: int = 3,
@@ -169,6 +173,7 @@ class JobManager:
         self._threads: set[threading.Thread] = set()
         self._saver: threading.Thread | None = None  # saves running jobs' progress (_save_progress_loop)
         self._saved_progress: dict[str, dict[str, Any]] = {}
+        self.end_once = False  # see _record_end
 
     def submit(self, job: Job, work: Work, volume_uuid: str | None = None) -> Job:
         """Run ``work(job)`` on a thread of its own; the job stays queued until the work says it runs."""
@@ -242,13 +247,12 @@ class JobManager:
             job.state = JobState.CANCELLED if outcome == errors.CANCELLED else JobState.FAILED
         self._save_progress(job)
         self._saved_progress.pop(job.uuid, None)
-        self.store.finish_job(job.uuid, job.state, 200 if job.success else 503, body, job.errors,
-                              job.point_in_time)
+        told = self._record_end(job)
         if self.metrics is not None:
             self.metrics.jobs.labels(outcome).inc()
         job.done.set()
         log.info("job %s finished: %s", job.uuid, outcome)
-        if job.webhook:
+        if job.webhook and told:
             self._post_webhook(job)
         if job.on_done is not None:
             try:
@@ -257,6 +261,19 @@ class JobManager:
                 log.exception("job %s: its completion listener failed", job.uuid)
         with self._lock:
             self._threads.discard(threading.current_thread())
+
+    def _record_end(self, job: Job) -> bool:
+        """Store the job's end; False when a failure came too late: with ``end_once`` (a store several
+        agents share), another agent's takeover may have failed the job already (zsagent.cluster.takeover),
+        and its answer stands (this one's web hook is not sent)."""
+        status = 200 if job.success else 503
+        if self.end_once and not job.success and not self.store.fail_job_if_unfinished(job.uuid, job.body, status):
+            record = self.store.get_job(job.uuid)
+            if record is not None and record.result is not None:
+                job.body = record.result
+            return False
+        self.store.finish_job(job.uuid, job.state, status, job.body, job.errors, job.point_in_time)
+        return True
 
     @staticmethod
     def _time_out(job: Job) -> None:

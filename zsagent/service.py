@@ -134,7 +134,12 @@ class TemplateService:
             queued = True
             try:
                 reason = lambda: job.cancel_reason  # noqa: E731
-                with self.admission.volume(volume.uuid, job.cancel, reason):
+
+                def waiting_for(agent: str | None) -> None:  # another agent copies this volume now
+                    job.phase, job.waiting_for = "queued", agent or "another agent"
+
+                with self.admission.volume(volume.uuid, job.cancel, reason, waiting_for, job.cancel_with):
+                    job.waiting_for = None
                     # a retry first removes what an earlier attempt on this volume or template left
                     self.janitor.settle(volume.uuid, image_uuid, self.config.agent.cleanup_wait_s, job.cancel)
                     with self.admission.slot(job.cancel, reason):
