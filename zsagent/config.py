@@ -322,8 +322,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
             seen.add(item.uuid)
     if sum(bs.default for bs in backups) > 1:
         raise ConfigError(f"{source}: backup_storage.default: only one backup storage can be the default")
-    return Config(agent, auth, ceph, pipeline, image, virt, front, primaries, backups, source, store=store,
-                  cluster=cluster)
+    return Config(agent, auth, ceph, pipeline, image, virt, front, primary_storage=primaries, backup_storage=backups,
+                  source=source, store=store, cluster=cluster)
 
 
 def _section(raw: dict[str, Any], name: str, cls, source: str):
