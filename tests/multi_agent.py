@@ -33,9 +33,14 @@ API = "/zstack/v1"
 
 LEASE_S = 3
 """The agents' liveness lease ([cluster] lease_s): short, so that a takeover happens within seconds."""
-TAKEOVER_MARGIN_S = 20
-"""How long after a dead agent's lease ran out a live one may take to reconcile its work (its janitor's
-round, the volume lock's own expiry, a loaded host)."""
+TAKEOVER_MARGIN_S = 10
+"""How long after a dead agent's lease ran out a live one may take to fail its jobs (its round every
+lease_s/2, a loaded host)."""
+CEPH_WATCH_TIMEOUT_S = 30
+"""Ceph's osd_client_watch_timeout: a killed agent's watch on the .part image it was writing holds that
+long, and until it ends the image cannot be removed (unless the dead client is blocklisted)."""
+LEFTOVERS_BOUND_S = LEASE_S + CEPH_WATCH_TIMEOUT_S + 15
+"""How long after a kill -9 the takeover may take to remove the dead agent's Ceph leftovers."""
 VOLUME_LOCK_WAIT_S = 120
 """[cluster] volume_lock_wait_s: how long a request waits behind another agent's copy of its volume."""
 

@@ -68,7 +68,8 @@ def test_an_image_made_through_one_agent_is_polled_got_queried_and_deleted_throu
         {name: r.text for name, r in answers.items()}
     inventory = answers["A"].json()["inventory"]
     assert answers["B"].json()["inventory"] == answers["C"].json()["inventory"] == inventory
-    paths = sorted((ref["installPath"] for ref in inventory["backupStorageRefs"]), key=lambda p: not p.startswith("ceph"))
+    paths = sorted((ref["installPath"] for ref in inventory["backupStorageRefs"]),
+                   key=lambda path: not path.startswith("ceph://"))
     assert paths[0] == f"ceph://{fleet.pools.backup}/{image}"
     assert paths[1].startswith(str(fleet.shared_dir))
     assert inventory["md5Sum"] == volume.md5
