@@ -77,6 +77,13 @@ def test_an_image_made_through_one_agent_is_polled_got_queried_and_deleted_throu
     assert b.progress(job)["phase"] == "done"
     assert len(fleet.hook_calls(job)) == 1  # from A, which ran it
 
+    # `zsagent check` on B names the shared store and the three live agents
+    check = b.check()
+    assert check.returncode == 0, check.stdout
+    assert f"store: RADOS pool {fleet.pools.store}, namespace {fleet.namespace}" in check.stdout
+    alive = [line for line in check.stdout.splitlines() if line.startswith("ok: agent ") and ": alive, lease" in line]
+    assert len(alive) == 3 and any(f"agent {b.agent_id} (this one)" in line for line in alive), check.stdout
+
     # every agent has the image, with the same inventory
     for agent in (a, b, c):
         found = agent.get_image(image)
