@@ -5,7 +5,9 @@ A dies at a fault point (ZSAGENT_FAULT, zsagent/faults.py) during a create; with
 B or C removes A's snapshot and .part image (seen with `rbd ls` / `rbd snap ls`), fails the job with
 "agent <A> stopped during copy" and sends its web hook once, though both B and C are live and look;
 A restarts and finds nothing left to do; a retry with the same resourceUuid through C succeeds with the
-volume's md5 (`rbd export | md5sum`). `make test` runs the copy-mid case; `make reliability` the others.
+volume's md5 (`rbd export | md5sum`). `make test` runs the copy-mid case into the filesystem backup storage
+(~25 s); `make reliability` the others: into the Ceph backup pool the .part image A was writing can only be
+removed once Ceph dropped A's watch on it (osd_client_watch_timeout, 30 s), which makes those cases 30-60 s.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ pytestmark = [pytest.mark.ceph]
 POINTS = ["snapshot-taken", "copy-first-chunk", "copy-mid", "publish-before-rename", "publish-after-rename",
           "record-before"]
 CASES = [pytest.param(point, backup, id=f"{backup}-{point}",
-                      marks=() if (point, backup) == ("copy-mid", "ceph") else pytest.mark.reliability)
+                      marks=() if (point, backup) == ("copy-mid", "file") else pytest.mark.reliability)
          for backup in ("ceph", "file") for point in POINTS]
 HOOK_QUIET_S = 2 * LEASE_S
 """After the first web hook of a taken-over job, how long the test listens for a second one."""
@@ -124,7 +126,7 @@ def test_a_request_queued_behind_a_killed_agents_copy_runs_once_the_lock_lease_r
     images = {first: uuid.uuid4().hex, second: uuid.uuid4().hex}
     assert a.create(volume.uuid, images[first], [fleet.ceph_bs], job=first).status_code == 202
     deadline = time.monotonic() + 60
-    while (a.progress(first) or {}).get("phase") != "copying":
+    while (a.progress(first) or {}).get("phase") not in ("snapshot", "copying"):  # held for 4 s from the first chunk
         assert time.monotonic() < deadline, "A's copy never started"
         time.sleep(0.05)
     assert b.create(volume.uuid, images[second], [fleet.ceph_bs], job=second).status_code == 202
