@@ -125,7 +125,7 @@ def bench_overhead(args, root: Path, ceph, pools) -> dict:
             raw["store"] = {"backend": "rados", "pool": pools.store, "namespace": f"bench-{uuid.uuid4().hex[:8]}"}
             raw["cluster"] = {"agent_id": f"bench-overhead-{os.getpid()}"}
         configs[backend] = raw
-    volumes = make_volumes(ceph, pools.primary, 2 * args.reps)
+    volumes = make_volumes(ceph, pools.primary, 2 * args.reps + 2)  # 2 for the warm-up
     runs = []
     with ExitStack() as stack:
         agents = {backend: stack.enter_context(running_agent(raw)) for backend, raw in configs.items()}

@@ -8,15 +8,17 @@ the first copies; a store that cannot be used is said clearly.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
-from multi_agent import Fleet, MiB, make_fleet_pools
+from multi_agent import Fleet, FleetPools, MiB, make_fleet_pools
+from support import unavailable
 
 pytestmark = [pytest.mark.ceph]
 
@@ -177,50 +179,62 @@ def test_a_store_pool_that_is_not_there_stops_the_agent_at_start_with_a_clear_me
         site.close()
 
 
-def _wait_pool_flag(ceph, pool: str, flag: str, present: bool, timeout_s: float = 90) -> None:
-    """Until `ceph osd pool ls detail` shows (or no longer shows) ``flag`` on ``pool`` (the monitors set
-    full_quota from the pool's statistics, some seconds after the quota is reached)."""
+
+def _wait_health(ceph, check: str, present: bool, timeout_s: float = 120) -> None:
+    """Until `ceph health detail` names (or no longer names) ``check``, e.g. OSD_FULL."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        pools = json.loads(ceph.ceph_cli("osd", "pool", "ls", "detail", "--format", "json"))
-        flags = next(p["flags_names"] for p in pools if p["pool_name"] == pool).split(",")
-        if (flag in flags) == present:
-            return
+    while (check in ceph.ceph_cli("health", "detail").decode()) != present:
+        assert time.monotonic() < deadline, f"{check} {'never raised' if present else 'still raised'}"
         time.sleep(1)
-    raise AssertionError(f"pool {pool}: flag {flag} {'never set' if present else 'still set'} after {timeout_s} s")
 
 
-@pytest.mark.reliability  # the full pool's writes wait for [ceph] rados_osd_op_timeout (20 s here)
-def test_a_full_store_pool_fails_the_create_clearly_and_leaves_nothing(tmp_path, ceph_cluster, fleet_pools,
-                                                                        make_pool):
-    store_pool = make_pool("zsm-full")
-    site = Fleet(tmp_path, ceph_cluster, fleet_pools, names=("A",), store_pool=store_pool)
+@pytest.mark.reliability  # a private cluster of its own, filled up
+def test_a_full_cluster_fails_the_create_clearly_through_the_store_and_leaves_nothing(tmp_path, ceph_cluster):
+    """The store's pool is full (the cluster's one OSD is past its full ratio): a create answers a clear
+    ZStack error, nothing of it is left, and once there is room again the same create succeeds."""
+    root = tmp_path / "ceph"
+    script = str(Path(__file__).resolve().parents[2] / "scripts" / "ceph-cluster")
+    up = subprocess.run([script, "up", str(root), "--store", "memstore", "--memstore-bytes", str(1 << 30)],
+                        capture_output=True, text=True, timeout=300)
+    if up.returncode != 0:
+        unavailable(f"ceph-cluster up failed:\n{up.stderr[-3000:]}")
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines()
+                   if line.startswith("export "))
     try:
-        site.start()
-        agent = site["A"]
-        volume = site.make_volume(4 * MiB)
-        listed = subprocess.run(["rados", "-p", store_pool, "--all", "ls"], env=ceph_cluster.cli_env(),
-                                capture_output=True, text=True, check=True, timeout=60).stdout
-        objects = len(listed.splitlines())
-        ceph_cluster.ceph_cli("osd", "pool", "set-quota", store_pool, "max_objects", str(max(1, objects)))
-        _wait_pool_flag(ceph_cluster, store_pool, "full_quota", True)
-        image = uuid.uuid4().hex
-        failed = agent.create(volume.uuid, image, [site.ceph_bs])
-        assert failed.status_code >= 400, failed.text
-        error = failed.json()["error"]
-        assert error["code"].startswith("SYS.") and store_pool in json.dumps(error), error
-        assert "Traceback" not in agent.tail()
-        left, _ = site.wait_no_leftovers(volume.uuid, image, timeout_s=60)
-        assert left == [], left
+        ceph = dataclasses.replace(ceph_cluster, conf=exports["ZSAGENT_TEST_CEPH_CONF"],
+                                   keyring=exports["ZSAGENT_TEST_CEPH_KEYRING"])  # the same tools, this cluster
+        pools = FleetPools("zsm-ps", "zsm-bs", "zsm-store")
+        for pool in (pools.primary, pools.backup, pools.store):
+            ceph.create_rbd_pool(pool)
+        site = Fleet(tmp_path / "site", ceph, pools, names=("A",))
+        try:
+            site.start()
+            agent = site["A"]
+            volume = site.make_volume(4 * MiB)
+            site.make_volume(64 * MiB)  # with the full ratio at 3 % of 1 GiB, more than fits
+            for ratio, value in (("set-nearfull-ratio", "0.01"), ("set-backfillfull-ratio", "0.02"),
+                                 ("set-full-ratio", "0.03")):
+                ceph.ceph_cli("osd", ratio, value)
+            _wait_health(ceph, "OSD_FULL", True)
 
-        ceph_cluster.ceph_cli("osd", "pool", "set-quota", store_pool, "max_objects", "0")
-        _wait_pool_flag(ceph_cluster, store_pool, "full_quota", False)
-        deadline = time.monotonic() + 60  # the agent holds its lease again
-        while (retry := agent.create(volume.uuid, image, [site.ceph_bs])).status_code != 200:
-            assert time.monotonic() < deadline, retry.text
-            time.sleep(1)
-        assert retry.json()["inventory"]["md5Sum"] == volume.md5
+            image = uuid.uuid4().hex
+            failed = agent.create(volume.uuid, image, [site.ceph_bs], timeout_s=300)
+            assert failed.status_code >= 400, failed.text
+            error = failed.json()["error"]
+            assert error["code"].startswith("SYS.") and "full" in json.dumps(error).lower(), error
+            assert "Traceback" not in agent.tail(), agent.tail()
+            assert site.leftovers(volume.uuid, image) == []
+
+            for ratio, value in (("set-full-ratio", "0.95"), ("set-backfillfull-ratio", "0.9"),
+                                 ("set-nearfull-ratio", "0.85")):
+                ceph.ceph_cli("osd", ratio, value)
+            _wait_health(ceph, "OSD_FULL", False)
+            deadline = time.monotonic() + 120  # the agent renews its lease again first
+            while (retry := agent.create(volume.uuid, image, [site.ceph_bs])).status_code != 200:
+                assert time.monotonic() < deadline, retry.text
+                time.sleep(2)
+            assert retry.json()["inventory"]["md5Sum"] == site.export_md5(pools.backup, image) == volume.md5
+        finally:
+            site.close()
     finally:
-        with contextlib.suppress(Exception):
-            ceph_cluster.ceph_cli("osd", "pool", "set-quota", store_pool, "max_objects", "0")
-        site.close()
+        subprocess.run([script, "down", str(root)], capture_output=True, timeout=120)
