@@ -177,7 +177,8 @@ def test_fail_job_if_unfinished_exactly_one_of_eight_racing_callers_on_two_agent
         t.join()
     assert sorted(won) == [False] * 7 + [True]
     failed = a.get_job("job-1")
-    assert failed.state == "failed" and failed.http_status == 503 and failed.result["error"]["details"].startswith("by ")
+    assert (failed.state, failed.http_status) == ("failed", 503)
+    assert failed.result["error"]["details"].startswith("by ")
     assert a.unfinished_jobs() == []
     a.add_job("job-2", None)
     a.finish_job("job-2", "done", 200, {})
