@@ -237,8 +237,9 @@ _RACER = textwrap.dedent(
         created = "exists"
     finally:
         ioctx.release_write_op(op)
+    duration_s = int(sys.argv[3])
     try:
-        ioctx.lock_exclusive("volume", "copy", "agent", duration=1)  # the same cookie in every process
+        ioctx.lock_exclusive("volume", "copy", "agent", duration=duration_s)  # the same cookie everywhere
         locked = "locked"
     except rados.ObjectBusy:
         locked = "busy"
@@ -251,7 +252,7 @@ _RACER = textwrap.dedent(
 def test_processes_racing_a_guarded_create_and_a_lock_have_one_winner_each(fake) -> None:
     backend, cluster, ioctx, root = fake
     rados = backend.rados
-    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(root), str(n)], stdin=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(root), str(n), "600"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
              for n in range(4)]  # fmt: skip
     outs = []
@@ -270,16 +271,25 @@ def test_processes_racing_a_guarded_create_and_a_lock_have_one_winner_each(fake)
     ioctx.operate_read_op(op, "record")
     ioctx.release_read_op(op)
     assert list(it) == [("owner", str(winner).encode())]
-    # a held lock is busy for everyone else; once its holders are gone their 1 s lease lapses
-    locked = [n for n, (_, lock) in enumerate(outs) if lock == "locked"]
-    assert len(locked) >= 1
+    assert sorted(lock for _, lock in outs) == ["busy", "busy", "busy", "locked"]
+    with pytest.raises(rados.ObjectBusy):  # its holder exited, its lease has not run out
+        ioctx.lock_exclusive("volume", "copy", "agent")
+
+
+def test_the_lock_of_an_exited_process_expires(fake) -> None:
+    backend, cluster, ioctx, root = fake
+    rados = backend.rados
+    out = subprocess.run([sys.executable, "-c", _RACER, str(root), "0", "1"], input="go\n", capture_output=True,
+                         text=True, timeout=120, check=True).stdout  # fmt: skip
+    assert out.split() == ["created", "locked"]
+    ioctx.set_namespace("race")
     deadline = time.monotonic() + 60
     while True:
         try:
             ioctx.lock_exclusive("volume", "copy", "agent", duration=30)
             break
         except rados.ObjectBusy:
-            assert time.monotonic() < deadline, "the lock of exited processes never expired"
+            assert time.monotonic() < deadline, "the lock of the exited process never expired"
             time.sleep(0.1)
     ioctx.unlock("volume", "copy", "agent")
 

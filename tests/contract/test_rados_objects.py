@@ -147,3 +147,33 @@ def test_listed_objects_name_their_pool_and_read(rados_ns) -> None:
     (obj,) = list(io.list_objects())
     assert obj.key == "a" and obj.nspace == rados_ns.namespace
     assert obj.read() == b"1"
+
+
+def test_calls_on_a_deleted_pool_fail_as_not_found(backend) -> None:
+    rados, cluster = backend.rados, backend.cluster
+    pool = backend.name("gone")
+    cluster.create_pool(pool)
+    io = cluster.open_ioctx(pool)
+    try:
+        io.set_namespace(new_namespace())
+        io.write_full("a", b"x")
+        cluster.delete_pool(pool)
+        calls = {
+            "write_full": (lambda: io.write_full("a", b"y"), f"Ioctx.write_full({pool}): failed to write a"),
+            "read": (lambda: io.read("a"), f"Ioctx.read({pool}): failed to read a"),
+            "stat": (lambda: io.stat("a"), "Failed to stat 'a'"),
+            "write op": (lambda: set_omap(io, "a", {"k": b"v"}), "Failed to operate write op for oid a"),
+            "lock": (lambda: io.lock_exclusive("a", "lk", "c"),
+                     f"Ioctx.rados_lock_exclusive({pool}): failed to set lock lk on a"),
+        }  # fmt: skip
+        for call, (fn, message) in calls.items():
+            with pytest.raises(rados.ObjectNotFound) as e:
+                fn()
+            assert str(e.value) == f"[errno 2] RADOS object not found ({message})", call
+        assert list(io.list_objects()) == []
+        with pytest.raises(rados.ObjectNotFound):
+            cluster.open_ioctx(pool)
+    finally:
+        io.close()
+        if cluster.pool_exists(pool):
+            cluster.delete_pool(pool)

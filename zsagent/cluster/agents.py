@@ -49,6 +49,17 @@ def agent_id(config) -> str:
     return f"{socket.gethostname()}:{config.agent.listen.rpartition(':')[2]}"
 
 
+def client_addresses(*handles) -> tuple[str, ...]:
+    """The addresses of the connected cluster handles among ``handles`` (None: not connected)."""
+    found = []
+    for handle in handles:
+        try:
+            found.append(handle.get_addrs())
+        except Exception:  # noqa: BLE001 - not connected, or the fake backend: nothing to fence then
+            continue
+    return tuple(a for a in found if a)
+
+
 def new_cookie() -> str:
     """A lock cookie of this process: a lock is held by (client instance, cookie)."""
     return secrets.token_hex(8)
@@ -57,7 +68,9 @@ def new_cookie() -> str:
 @dataclass(frozen=True)
 class AgentEntry:
     """An agent in the registry: host (its hostname), listen (its API's "host:port"), pid, started_epoch
-    and renewed_epoch (seconds since 1970, its own clock: when it started and last renewed its lease)."""
+    and renewed_epoch (seconds since 1970, its own clock: when it started and last renewed its lease),
+    ceph_clients: the addresses of its Ceph client connections (``Rados.get_addrs()``), which a takeover
+    blocklists so that Ceph drops the stopped agent's watches at once (zsagent.ceph.fencing)."""
 
     agent_id: str
     host: str
@@ -65,6 +78,7 @@ class AgentEntry:
     pid: int
     started_epoch: float
     renewed_epoch: float
+    ceph_clients: tuple[str, ...] = ()
 
     def lease_age_s(self, now_epoch: float | None = None) -> float:
         """Seconds since the last renewal (clocks of two hosts: as good as their NTP)."""
@@ -77,7 +91,8 @@ class AgentEntry:
     def from_json(cls, agent: str, raw: bytes) -> AgentEntry:
         data: dict[str, Any] = json.loads(raw)
         return cls(agent, str(data.get("host", "")), str(data.get("listen", "")), int(data.get("pid", 0)),
-                   float(data.get("started_epoch", 0)), float(data.get("renewed_epoch", 0)))
+                   float(data.get("started_epoch", 0)), float(data.get("renewed_epoch", 0)),
+                   tuple(str(a) for a in data.get("ceph_clients", ())))
 
 
 def registered_agents(ioctx, rados) -> list[AgentEntry]:
@@ -126,10 +141,11 @@ class AgentLease:
     """This agent's liveness lease. ``acquire`` takes it (waiting while a previous run's lease still
     lasts or another agent reaps that run), ``start`` renews it in the background, ``release`` gives it
     up and leaves the registry (a clean stop: nothing to take over). ``on_lost(reason)``: called when it
-    could not be renewed for longer than ``lease_s``; the lease is then taken again as soon as it can."""
+    could not be renewed for longer than ``lease_s``; the lease is then taken again as soon as it can.
+    ``ceph_clients()``: this process' Ceph client addresses now, for the registry."""
 
     def __init__(self, ioctx, rados, agent: str, lease_s: float, listen: str, on_lost=None,
-                 on_regained=None) -> None:
+                 on_regained=None, ceph_clients=lambda: ()) -> None:
         self.ioctx = ioctx
         self.rados = rados
         self.agent_id = agent
@@ -138,6 +154,7 @@ class AgentLease:
         self.entry = AgentEntry(agent, socket.gethostname(), listen, os.getpid(), time.time(), time.time())
         self.on_lost = on_lost
         self.on_regained = on_regained
+        self.ceph_clients = ceph_clients
         self._renewer: Renewer | None = None
         self._released = False
 
@@ -176,7 +193,7 @@ class AgentLease:
 
     def _register(self) -> None:
         self.entry = AgentEntry(self.agent_id, self.entry.host, self.entry.listen, self.entry.pid,
-                                self.entry.started_epoch, time.time())
+                                self.entry.started_epoch, time.time(), tuple(self.ceph_clients()))
         register(self.ioctx, self.entry)
 
     def _renew(self) -> None:

@@ -8,7 +8,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from zsagent.cluster.agents import AgentLease
+from zsagent.cluster.agents import AgentLease, client_addresses
 from zsagent.cluster.takeover import Takeover
 from zsagent.cluster.volume_lock import VolumeLock
 from zsagent.jobs import post_webhook
@@ -47,7 +47,8 @@ def join(config, agent: str, store, service, jobs) -> Membership | None:
             jobs.cancel(job.uuid, f"this agent lost its liveness lease in Ceph ({reason}); another agent may "
                                   "take over its jobs")
 
-    lease = AgentLease(ioctx, rados, agent, cluster.lease_s, config.agent.listen, on_lost=lost)
+    lease = AgentLease(ioctx, rados, agent, cluster.lease_s, config.agent.listen, on_lost=lost,
+                       ceph_clients=lambda: client_addresses(store.cluster, service.runtime.connected))
     lease.acquire(2 * cluster.lease_s + ACQUIRE_MARGIN_S)
     lease.start()
     jobs.end_once = True

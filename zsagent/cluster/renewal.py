@@ -61,7 +61,10 @@ class Renewer:
         while not self._stop.wait(self.interval_s):
             if pending is None:
                 started = time.monotonic()
-                pending = self._worker.submit(self._renew)
+                try:
+                    pending = self._worker.submit(self._renew)
+                except RuntimeError:  # stopped meanwhile (the worker is shut down)
+                    return
             try:
                 pending.result(timeout=self.interval_s)
                 self.renewed_at = started

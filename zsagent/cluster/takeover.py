@@ -8,9 +8,13 @@ and renewing it:
 1. fails the stopped agent's unfinished jobs, each through ``store.fail_job_if_unfinished`` ("agent
    <host> stopped during copy", SYS.1006 like zsagent.service.INTERRUPTED), and POSTs the web hook of
    each job whose compare-and-set it won: one hook per job, even when the restarted agent races it;
-2. removes that agent's leftovers that any host can remove (``CLUSTER_WIDE_KINDS``: RBD images and
-   snapshots, SFTP files, and what ZStack owns), through the janitor (its removal, attempt count and
-   backoff); what cannot be removed yet stays journalled and the next pass, of any agent, tries again;
+2. blocklists the stopped agent's Ceph clients (their addresses are in its registry entry) when it left
+   anything in Ceph, so that Ceph drops its watches on the images it had open at once instead of after
+   ``osd_client_watch_timeout`` (zsagent.ceph.fencing; this also fences an agent that is only cut off:
+   it can write nothing more), then removes that agent's leftovers that any host can remove
+   (``CLUSTER_WIDE_KINDS``: RBD images and snapshots, SFTP files, and what ZStack owns), through the
+   janitor (its removal, attempt count and backoff); what cannot be removed yet stays journalled and the
+   next pass, of any agent, tries again;
 3. when none of those is left, removes the agent from the registry, then unlocks.
 
 Host-local leftovers (spool files, qemu-nbd temporary directories, libvirt changes, files on a
@@ -25,6 +29,7 @@ import threading
 from collections.abc import Callable
 
 from zsagent import errors
+from zsagent.ceph import fencing
 from zsagent.cleanup import LEGACY_KINDS, MANAGED_KIND
 from zsagent.cluster.agents import (
     ALIVE_LOCK,
@@ -40,7 +45,8 @@ from zsagent.errors import ErrorCode
 
 log = logging.getLogger(__name__)
 
-CLUSTER_WIDE_KINDS = frozenset({"ceph", "ceph-snapshot", "sftp", MANAGED_KIND})
+CEPH_KINDS = frozenset({"ceph", "ceph-snapshot"})
+CLUSTER_WIDE_KINDS = CEPH_KINDS | {"sftp", MANAGED_KIND}
 """Artifact kinds any agent can remove (they live in Ceph or on the one SFTP server)."""
 
 
@@ -69,6 +75,7 @@ class Takeover:
         self.janitor = janitor
         self.post_hook = post_hook
         self.cookie = new_cookie()
+        self._fenced: set[str] = set()  # agents whose Ceph clients this one blocklisted already
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -113,6 +120,8 @@ class Takeover:
             self._lock(entry, renew=False)
         except self.rados.ObjectBusy:
             return False  # alive, or another agent reaps it
+        except self.rados.ObjectExists:
+            pass  # this agent holds it still (an earlier pass could not give it back)
         return True
 
     def _untake(self, entry: AgentEntry) -> None:
@@ -138,6 +147,19 @@ class Takeover:
         finally:
             renewer.stop()
 
+    def _fence(self, entry: AgentEntry) -> None:
+        runtime = self.janitor.runtime
+        if runtime is None or runtime.ceph is None or runtime.ceph.is_fake or not entry.ceph_clients:
+            return
+        try:
+            cluster = runtime.cluster
+        except Exception as e:  # noqa: BLE001 - the removals then wait for the watches to time out
+            log.info("agent %s: cannot fence its Ceph clients: %s", entry.agent_id, e)
+            return
+        for address in entry.ceph_clients:
+            fencing.fence(cluster, address)
+        self._fenced.add(entry.agent_id)
+
     def reap(self, entry: AgentEntry, lost: threading.Event | None = None) -> list[str]:
         """Fail the agent's unfinished jobs, remove its cluster-wide leftovers, deregister it when none is
         left; the caller holds its liveness lock. Returns the uuids of the jobs failed here."""
@@ -150,8 +172,11 @@ class Takeover:
                 log.warning("job %s of agent %s failed: %s", job.uuid, entry.agent_id, error.details)
                 if job.webhook:
                     self.post_hook(job.webhook, job.uuid, body)
-        left = self.janitor.remove_due([a for a in self.store.artifacts(owner=entry.agent_id)
-                                        if cluster_wide(a.kind)])
+        leftovers = [a for a in self.store.artifacts(owner=entry.agent_id) if cluster_wide(a.kind)]
+        if entry.agent_id not in self._fenced and any(LEGACY_KINDS.get(a.kind, a.kind) in CEPH_KINDS
+                                                      for a in leftovers):
+            self._fence(entry)
+        left = self.janitor.remove_due(leftovers)
         if left or (lost is not None and lost.is_set()):
             log.info("agent %s stopped: %d of its leftovers are not removed yet; retried", entry.agent_id, len(left))
             return failed

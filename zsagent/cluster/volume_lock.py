@@ -71,7 +71,11 @@ class VolumeLock:
             self._lock(volume_uuid, cookie, renew=False)
         except self.rados.ObjectBusy:
             return False
-        self.ioctx.set_xattr(lock_object(volume_uuid), HOLDER_XATTR, self.agent_id.encode())
+        try:
+            self.ioctx.set_xattr(lock_object(volume_uuid), HOLDER_XATTR, self.agent_id.encode())
+        except BaseException:
+            self.ioctx.unlock(lock_object(volume_uuid), VOLUME_LOCK, cookie)
+            raise
         return True
 
     @contextmanager

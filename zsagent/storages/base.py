@@ -122,6 +122,11 @@ class Runtime:
                     self.on_connect(self._cluster)
             return self._cluster
 
+    @property
+    def connected(self):
+        """The cluster handle when connected already, else None (never connects)."""
+        return self._cluster
+
     def close(self) -> None:
         with self._lock:
             if self._cluster is not None and self._owns_cluster:

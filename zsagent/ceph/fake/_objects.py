@@ -21,7 +21,6 @@ objects that rbd images are made of are not listed.
 
 from __future__ import annotations
 
-import copy
 import errno
 import time
 from collections.abc import Callable
@@ -167,8 +166,9 @@ def step_omap_cmp(omap_key: str, value: bytes, cmp_op: int) -> Step:
 
 
 def apply_steps(obj: dict | None, key: str, nspace: str, steps: list[Step]) -> dict | None:
-    """The object after all ``steps`` (None: removed), computed on a copy; raises the first StepError."""
-    work = copy.deepcopy(obj)
+    """The object after all ``steps`` (None: removed); raises the first StepError. Steps change ``obj``
+    in place: pass a private copy (``Store.rados_object(fresh=True)``) and save only the result."""
+    work = obj
     for step in steps:
         work = step(work, key, nspace)
     return work

@@ -4,6 +4,21 @@ Signatures, return values and exceptions (class, errno, message) as python-rados
 an object and the atomicity of operations are described in ``_objects``. Like the real module, WriteOp
 and ReadOp are no context managers: make them with ``ioctx.create_write_op()`` and hand them back with
 ``ioctx.release_write_op(op)``.
+
+What Ceph Pacific does and the fake copies (tests/contract/test_rados_*.py pin each):
+
+- a failed ``omap_cmp`` raises the plain ``rados.OSError``, errno ECANCELED (125); ``omap_cmp`` takes the
+  value as ``str``; a missing key compares as ""; only EQ, GT, LT are valid (others: InvalidArgumentError);
+  on a missing object the guard gives ObjectNotFound. ``new(LIBRADOS_CREATE_EXCLUSIVE)`` on an existing
+  object (data or omap only) gives ObjectExists. Steps run in order; the first failure cancels all.
+- an empty omap value reads back as None; ``set_omap`` also takes ``str`` values.
+- ``operate_write_op`` with the default ``mtime=0`` leaves the mtime as it was (the epoch for a new object);
+  direct calls (``write_full``, ``set_xattr``...) stamp the current time: do not use ``stat`` mtimes of
+  write-op objects as a clock.
+- a locker is (connection, cookie): only the connection that took a lock can renew (``flags=1``) or unlock
+  it; another connection with the same cookie gets ObjectBusy / ObjectNotFound, so a restarted agent waits
+  for the ``duration`` to run out. Same locker again without flags: ObjectExists. Taking a lock creates
+  the object; ``remove_object`` drops its locks.
 """
 
 from __future__ import annotations

@@ -7,9 +7,16 @@ Same class names, signatures, states and exceptions as Ceph Pacific's ``rados`` 
     cluster.create_pool("volumes")
     with cluster.open_ioctx("volumes") as ioctx:   # rados.ObjectNotFound for a missing pool
         ...                                        # pass ioctx to zsagent.ceph.fake.rbd
+        ioctx.set_namespace("zsagent")             # RADOS objects, xattrs, omap, write ops, locks:
+        op = ioctx.create_write_op()               # see _rados_ops (the calls) and _objects (the model)
+        op.new(LIBRADOS_CREATE_EXCLUSIVE)
+        ioctx.set_omap(op, ("state",), (b"queued",))
+        ioctx.operate_write_op(op, "job.1")        # rados.ObjectExists when it exists; nothing applied
+        ioctx.release_write_op(op)
     cluster.shutdown()
 
-Every Rados handle on the same directory, in any thread or process, sees the same cluster.
+Every Rados handle on the same directory, in any thread or process, sees the same cluster. Each
+connection is its own client (``get_instance_id``): cls_lock lockers are (client, cookie) pairs.
 """
 
 from __future__ import annotations
