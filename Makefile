@@ -24,6 +24,7 @@ demo: setup
 bench: setup
 	.venv/bin/python bench/run.py $(if $(SWEEP),--sweep) $(BENCH_ARGS)
 	.venv/bin/python bench/front.py
+	.venv/bin/python bench/store.py
 
 # Templates through `zsagent front` against ZStack's own agent commands (rbd export | ssh cat, qemu-img
 # convert + scp) on the same data; also the last part of `make bench`.
@@ -35,3 +36,9 @@ bench-front: setup
 .PHONY: bench-sftp
 bench-sftp: setup
 	.venv/bin/python bench/sftp.py $(BENCH_ARGS)
+
+# The RADOS store against SQLite (ms per create) and three agents on one cluster against one (throughput,
+# p99); also the last part of `make bench`.
+.PHONY: bench-store
+bench-store: setup
+	.venv/bin/python bench/store.py $(BENCH_ARGS)
