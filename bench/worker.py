@@ -136,7 +136,7 @@ def run_rbd(spec: dict) -> dict:
 
 
 def run_file(spec: dict) -> dict:
-    from zsagent.copy.pipeline import PipelineConfig, run_copy
+    from zsagent.copy.pipeline import PipelineConfig
     from zsagent.sinks.raw_file import RawFileSink
     from zsagent.sources.qcow2_file import open_qcow2_source
     from zsagent.sources.qemu_nbd import QemuNbdSource
@@ -163,8 +163,12 @@ def run_file(spec: dict) -> dict:
             from zsagent.sinks.qcow2_stream import Qcow2StreamSink
 
             sink = Qcow2StreamSink(FileStreamTarget(spec["dest"]))
-        # as the service: the content md5 only when some destination is raw (qcow2 hashes its own bytes)
-        result = run_copy(source, [sink], config, hash_content=spec["sink"] == "raw", progress=spec.get("progress"))
+        # as the service (zsagent.transfer, which takes the direct path for a lone qcow2 file): the content
+        # md5 only when some destination is raw (qcow2 hashes its own bytes)
+        from zsagent.transfer import transfer
+
+        result = transfer(source, [sink], [], config, hash_content=spec["sink"] == "raw",
+                          progress=spec.get("progress"))
     finally:
         source.close()
     return finish_file(spec, result_of(result, timed.stop()))

@@ -126,6 +126,25 @@ class DirectAppender:
             if self._filled == size:
                 self._write_staged(size)
 
+    def write_aligned(self, data) -> None:
+        """Append ``data``, which starts page-aligned in memory (e.g. an mmap, or a view at its start):
+        written to the file straight from it, with no copy, when the file position allows; else as
+        ``write()``."""
+        view = memoryview(data).cast("B")
+        if not self.direct or self._filled % ALIGN_BYTES or len(view) < ALIGN_BYTES:
+            self.write(view)
+            return
+        if self._filled:
+            self._write_staged(self._filled)
+            if not self.direct:
+                self.write(view)
+                return
+        n = len(view) - len(view) % ALIGN_BYTES
+        pwrite_all(self.fd, view[:n], self.position)
+        self.position += n
+        if n < len(view):
+            self.write(view[n:])
+
     def finish(self) -> None:
         """Write out what is staged; afterwards the fd is a plain buffered one."""
         if self.direct:
@@ -137,6 +156,11 @@ class DirectAppender:
                 self.direct = False
         if self._filled:
             self._write_staged(self._filled)
+
+    @property
+    def staged(self) -> int:
+        """Bytes taken but not written to the file yet."""
+        return self._filled
 
     def close(self) -> None:
         """Free the staging buffer (left to the garbage collector while an error's traceback holds a view

@@ -43,6 +43,17 @@ class FileStreamTarget:
             raise ValueError(f"{self.description}: write to a target that is not open")
         self._appender.write(data)
 
+    def write_aligned(self, data: bytes | bytearray | memoryview) -> None:
+        """As ``write``, for data that starts page-aligned in memory (see DirectAppender.write_aligned)."""
+        if self._appender is None:
+            raise ValueError(f"{self.description}: write to a target that is not open")
+        self._appender.write_aligned(data)
+
+    @property
+    def position(self) -> int:
+        """Bytes taken so far (written, or staged to be written)."""
+        return 0 if self._appender is None else self._appender.position + self._appender.staged
+
     def commit(self, expected_md5: str | None = None) -> tuple[str, int]:
         if self._appender is None:
             raise ValueError(f"{self.description}: commit of a target that is not open")
