@@ -30,6 +30,7 @@ from zsagent import faults
 from zsagent.copy.errors import AllSinksFailed, CopyCancelled, CopyError, SinkError, SourceError
 from zsagent.copy.pipeline import CopyResult, CopyStats, PipelineConfig, ProgressCallback, plan
 from zsagent.qcow2 import Qcow2Layout, metadata_chunks, plan_layout
+from zsagent.sinks.base import SinkResult
 from zsagent.sinks.file_stream import FileStreamTarget
 from zsagent.sinks.qcow2_stream import Qcow2StreamSink
 
@@ -122,7 +123,7 @@ class _DirectCopy:
             raise
         sink._committed = True
         result = CopyResult(source.size, None, [], stats=self.stats)
-        result.add(sink, _result(install_path, actual_size, file_md5))
+        result.add(sink, SinkResult(install_path, actual_size, md5=file_md5))
         return result
 
     def _copy(self, layout: Qcow2Layout) -> None:
@@ -141,17 +142,15 @@ class _DirectCopy:
         try:
             with ThreadPoolExecutor(READ_DEPTH, thread_name_prefix="zsagent-read") as pool:
                 try:
-                    feed = iter(chunks)
-                    first = True
-                    for offset, length in feed:
+                    taken = 0
+                    for offset, length in chunks:  # READ_DEPTH reads ahead of the hashing
                         pending.append((offset, length, pool.submit(self._read, buffers, offset, length, size)))
-                        if len(pending) < READ_DEPTH:
-                            continue
-                        self._take(pending.pop(0), first)
-                        first = False
+                        if len(pending) == READ_DEPTH:
+                            self._take(pending.pop(0), first=taken == 0)
+                            taken += 1
                     while pending:
-                        self._take(pending.pop(0), first)
-                        first = False
+                        self._take(pending.pop(0), first=taken == 0)
+                        taken += 1
                 except BaseException:
                     self.stop.set()
                     for _, _, future in pending:
@@ -258,12 +257,6 @@ def _sink_error(sink: Qcow2StreamSink, action: str, error: BaseException) -> Sin
     err.__cause__ = error
     log.warning("destination %s dropped: %s failed: %s", sink.description, action, error)
     return err
-
-
-def _result(install_path: str, actual_size: int, file_md5: str):
-    from zsagent.sinks.base import SinkResult
-
-    return SinkResult(install_path, actual_size, md5=file_md5)
 
 
 def copy_direct(source, sink: Qcow2StreamSink, config: PipelineConfig | None = None, *,
