@@ -37,6 +37,7 @@ from targets import LIMITS, chosen_md5_ceiling  # noqa: E402
 WORKER = str(Path(__file__).resolve().parent / "worker.py")
 
 T_OURS = "ours (copy)"
+T_OURS_LIBRBD = "ours (copy, written through librbd)"
 T_FLATTEN = "ours (flatten mode)"
 T_HASH_ONLY = "ours (hash only, no sink: diagnostic)"
 T_ZSTACK = "zstack: deep cp + export|md5sum"
@@ -85,7 +86,7 @@ class Bench:
         # Every worker uses the implementation the agent would choose here (host_facts measured it), given
         # through the override so that no worker measures again inside its timed run.
         chosen = facts["native_md5"].get("choice", "hashlib")
-        self.env["ZSAGENT_MD5"] = "hashlib" if chosen == "hashlib" else "native"
+        self.env["ZSAGENT_MD5"] = chosen  # by name: "native" alone would mean the extension's first kernel
         self.volumes: dict[str, Volume] = {}
         self.results: dict[str, dict[str, list[dict]]] = {}
         self.concurrent_runs: list[dict] = []
@@ -142,6 +143,8 @@ class Bench:
         out: dict[str, callable] = {}
         if vol.kind == "rbd":
             out[T_OURS] = lambda: worker(self.rbd_spec(vol, "copy"), env)
+            # the same copy with [pipeline] rbd_server_side_copy = false: the agent writes every byte
+            out[T_OURS_LIBRBD] = lambda: worker(self.rbd_spec(vol, "copy-librbd"), env)
             out[T_ZSTACK] = lambda: tools.zstack_rbd(env, spec_src, self.unique("zs-snap"),
                                                      f"{BACKUP_POOL}/{self.unique('zs-dst')}")
             out[T_SHELL] = lambda: tools.shell_rbd(env, spec_src, self.unique("zs-snap"),

@@ -3,8 +3,9 @@
     python bench/worker.py '<json spec>'   ->   one JSON line on stdout
 
 Spec kinds:
-  rbd      {conf, keyring, pool, volume, snapshot, backup_pool, dest, mode: copy|flatten|hash-only,
-            chunk_bytes, depth}
+  rbd      {conf, keyring, pool, volume, snapshot, backup_pool, dest,
+            mode: copy (as the agent: server-side object copies where it can) | copy-librbd (every byte
+            written through librbd: rbd_server_side_copy = false) | flatten | hash-only, chunk_bytes, depth}
   file     {path, format, dest, sink: raw|qcow2|qemu-img|qemu-img-zstd, chunk_bytes, depth,
             reader: direct (default: as the service, qemu-nbd only where it must) | qemu-nbd}
            (qemu-img*: the qemu-img engine, qcow2 plain or zstd-compressed, md5 of the file)
@@ -99,10 +100,11 @@ def result_of(copy_result, timing: dict, **extra) -> dict:
 
 def run_rbd(spec: dict) -> dict:
     from zsagent.catalog import Volume
-    from zsagent.ceph import CephConfig, open_backend
+    from zsagent.ceph import CephConfig, open_backend, server_copy
     from zsagent.copy.pipeline import PipelineConfig, run_copy
     from zsagent.sinks.base import NO_JOURNAL
     from zsagent.sinks.rbd_image import RbdCloneSink, RbdImageSink
+    from zsagent.sinks.rbd_server_copy import RbdServerCopySink
     from zsagent.sources.open import open_source
 
     backend = open_backend(CephConfig(backend="rados", conf=spec["conf"], keyring=spec["keyring"]))
@@ -117,7 +119,10 @@ def run_rbd(spec: dict) -> dict:
         with rbd.Image(src, spec["volume"], read_only=True) as image:
             size, order = image.size(), image.stat()["order"]
         sinks = []  # as zsagent.storages.ceph makes them
-        if spec["mode"] == "copy":
+        if spec["mode"] == "copy" and server_copy.available(backend):  # the default: OSDs copy the objects
+            sinks = [RbdServerCopySink(backend, src, spec["volume"], spec["snapshot"], dst, spec["backup_pool"],
+                                       spec["dest"], order)]
+        elif spec["mode"] in ("copy", "copy-librbd"):  # copy-librbd: [pipeline] rbd_server_side_copy = false
             sinks = [RbdImageSink(rbd, dst, spec["backup_pool"], spec["dest"], order)]
         elif spec["mode"] in ("clone", "flatten"):
             sinks = [RbdCloneSink(rbd, src, spec["volume"], spec["snapshot"], dst, spec["backup_pool"], spec["dest"],
@@ -128,6 +133,8 @@ def run_rbd(spec: dict) -> dict:
         timing = timed.stop()
         timing["threads_cpu_s"] = timed.threads()  # before shutdown: librados' threads still exist
         out = result_of(result, timing, connect_s=connected - timed.start_s)
+        if sinks and isinstance(sinks[0], RbdServerCopySink):  # how many objects the OSDs copied, or why not
+            out["server_copy"] = sinks[0].refused or f"{sinks[0].server_copy.objects} objects"
         if sinks:
             rbd.RBD().remove(dst, spec["dest"])
         return out

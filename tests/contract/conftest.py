@@ -1,4 +1,5 @@
-"""Fixtures of the contract suite: ``backend`` (fake and real), ``fake_backend``, ``real_backend``, ``both``.
+"""Fixtures of the contract suite: ``backend`` (fake and real), ``fake_backend``, ``real_backend``, ``both``,
+``rados_ns`` (an io context in a namespace of its own, see ``rados_contract``).
 
 See ``rbd_contract`` for what a ContractBackend offers. The real side takes the session cluster and
 pools from ``tests/conftest.py`` (``ceph_cluster``, ``make_pool``); under CI=true they fail instead of
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from rados_contract import RadosNamespace, new_namespace
 from rbd_contract import ContractBackend
 
 from zsagent.ceph import CephBackend, CephConfig, open_backend
@@ -66,3 +68,14 @@ def both(real_backend: ContractBackend, fake_backend: ContractBackend) -> Iterat
     yield real_backend, fake_backend
     real_backend.close_all()
     fake_backend.close_all()
+
+
+@pytest.fixture
+def rados_ns(backend: ContractBackend) -> Iterator[RadosNamespace]:
+    """An io context on the contract pool in a namespace of its own (see ``rados_contract``)."""
+    namespace = new_namespace()
+    ioctx = backend.cluster.open_ioctx(backend.pool)
+    ioctx.set_namespace(namespace)
+    ns = RadosNamespace(backend, ioctx, backend.pool, namespace)
+    yield ns
+    ns.close()

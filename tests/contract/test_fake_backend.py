@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,101 @@ def test_watch_ends_with_the_process(fake) -> None:
         rbd.RBD().remove(ioctx, "w")
     proc.communicate("", timeout=60)
     rbd.RBD().remove(ioctx, "w")  # real Ceph would wait for the watch to time out (30 s)
+
+
+# ---------------------------------------------------------------- RADOS objects across processes
+
+_RACER = textwrap.dedent(
+    """
+    import sys
+    from zsagent.ceph import CephConfig, open_backend
+    root, n = sys.argv[1], sys.argv[2]
+    backend = open_backend(CephConfig(backend="fake", fake_root=root))
+    rados = backend.rados
+    cluster = backend.connect()
+    ioctx = cluster.open_ioctx("p")
+    ioctx.set_namespace("race")
+    sys.stdin.readline()  # start together
+    op = ioctx.create_write_op()
+    op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+    ioctx.set_omap(op, ("owner",), (n.encode(),))
+    try:
+        ioctx.operate_write_op(op, "record")
+        created = "created"
+    except rados.ObjectExists:
+        created = "exists"
+    finally:
+        ioctx.release_write_op(op)
+    duration_s = int(sys.argv[3])
+    try:
+        ioctx.lock_exclusive("volume", "copy", "agent", duration=duration_s)  # the same cookie everywhere
+        locked = "locked"
+    except rados.ObjectBusy:
+        locked = "busy"
+    print(created, locked, flush=True)
+    cluster.shutdown()  # exits holding the lock: only its duration frees it
+    """
+)
+
+
+def test_processes_racing_a_guarded_create_and_a_lock_have_one_winner_each(fake) -> None:
+    backend, cluster, ioctx, root = fake
+    rados = backend.rados
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(root), str(n), "600"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+             for n in range(4)]  # fmt: skip
+    outs = []
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        outs.append(out.split())
+    assert sorted(created for created, _ in outs) == ["created", "exists", "exists", "exists"]
+    ioctx.set_namespace("race")
+    winner = next(n for n, (created, _) in enumerate(outs) if created == "created")
+    op = ioctx.create_read_op()
+    it, _ = ioctx.get_omap_vals(op, "", "", -1)
+    ioctx.operate_read_op(op, "record")
+    ioctx.release_read_op(op)
+    assert list(it) == [("owner", str(winner).encode())]
+    assert sorted(lock for _, lock in outs) == ["busy", "busy", "busy", "locked"]
+    with pytest.raises(rados.ObjectBusy):  # its holder exited, its lease has not run out
+        ioctx.lock_exclusive("volume", "copy", "agent")
+
+
+def test_the_lock_of_an_exited_process_expires(fake) -> None:
+    backend, cluster, ioctx, root = fake
+    rados = backend.rados
+    out = subprocess.run([sys.executable, "-c", _RACER, str(root), "0", "1"], input="go\n", capture_output=True,
+                         text=True, timeout=120, check=True).stdout  # fmt: skip
+    assert out.split() == ["created", "locked"]
+    ioctx.set_namespace("race")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ioctx.lock_exclusive("volume", "copy", "agent", duration=30)
+            break
+        except rados.ObjectBusy:
+            assert time.monotonic() < deadline, "the lock of the exited process never expired"
+            time.sleep(0.1)
+    ioctx.unlock("volume", "copy", "agent")
+
+
+def test_rados_constants_and_calls_match_the_real_module() -> None:
+    import inspect
+
+    real_rados, _ = _real_modules()
+    for name in fake_rados.__all__:
+        if name.startswith("LIBRADOS_"):
+            assert getattr(fake_rados, name) == getattr(real_rados, name), name
+    for cls in ("Ioctx", "WriteOp", "ReadOp"):
+        fake_cls, real_cls = getattr(fake_rados, cls), getattr(real_rados, cls)
+        for name in dir(fake_cls):
+            member = getattr(fake_cls, name)
+            if name.startswith("_") or not inspect.isfunction(member):
+                continue
+            assert hasattr(real_cls, name), f"{cls}.{name} is not in the real module"
+            real_params = list(inspect.signature(getattr(real_cls, name)).parameters)
+            assert list(inspect.signature(member).parameters) == real_params, f"{cls}.{name}"

@@ -319,6 +319,7 @@ class CrashSite:
                     found.append(f"{pool}/{name}")
                 elif case.image in name and published != f"ceph://{pool}/{name}":
                     found.append(f"{pool}/{name} (not recorded)")
+        found += self._orphan_data_objects()
         if case.kind != "file-file":
             with self.rbd.Image(self.src, case.volume) as image:
                 for snap in image.list_snaps():
@@ -336,6 +337,20 @@ class CrashSite:
         pgrep = subprocess.run(["pgrep", "-af", "qemu-nbd"], capture_output=True, text=True).stdout
         found += [f"process: {line}" for line in pgrep.splitlines() if case.volume in line]
         return found
+
+    def _orphan_data_objects(self) -> list[str]:
+        """Data objects in the backup pool of no image there (e.g. an object copied server-side into an
+        image that was removed meanwhile)."""
+        prefixes = set()
+        for name in self.rbd.RBD().list(self.dst):
+            try:
+                with self.rbd.Image(self.dst, name, read_only=True) as image:
+                    prefixes.add(image.block_name_prefix())
+            except self.rbd.ImageNotFound:
+                pass  # removed meanwhile
+        objects = [o.key for o in self.dst.list_objects() if o.key.startswith("rbd_data.")]
+        return [f"{self.dst_pool}: object {key} of no image" for key in objects
+                if key.rsplit(".", 1)[0] not in prefixes]
 
     def wait_no_leftovers(self, case: Case, published: str | None = None, timeout_s: float = 60) -> list[str]:
         deadline = time.monotonic() + timeout_s

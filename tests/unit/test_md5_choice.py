@@ -176,6 +176,16 @@ def test_env_forces_native_even_when_slower(tmp_path):
     assert measure.calls == 0 and choice.native and choice.figures == fake_figures(900.0, 500.0)  # cached ones
 
 
+@needs_native
+def test_env_names_one_native_kernel(tmp_path):
+    """The bench hands its workers the host's choice by name (``native`` alone means the first kernel)."""
+    md5_choice.evaluate(tmp_path, env={}, measure_fn=CountingMeasure(fake_figures(900.0, 500.0)))
+    name = md5_choice.native_name(md5_choice.native.KERNELS[-1])
+    choice = md5_choice.evaluate(tmp_path, env={"ZSAGENT_MD5": name}, measure_fn=CountingMeasure(fake_figures()))
+    assert (choice.impl, choice.resumable_impl, choice.source) == (name, name, f"ZSAGENT_MD5={name}")
+    assert md5_choice.forced({"ZSAGENT_MD5": "native(no-such-kernel)"}) is None
+
+
 def test_env_unknown_value_is_ignored(tmp_path):
     measure = CountingMeasure(fake_figures(900.0, 500.0))
     choice = md5_choice.evaluate(tmp_path, env={"ZSAGENT_MD5": "fastest"}, measure_fn=measure)

@@ -61,18 +61,25 @@ class CephBackend:
         if self.is_fake:
             cluster = self.rados.Rados(conf={"fake_root": c.fake_root})
         else:
-            conf = {"client_mount_timeout": str(timeout_s), "rados_osd_op_timeout": str(c.rados_osd_op_timeout),
-                    "rados_mon_op_timeout": str(c.rados_mon_op_timeout),
-                    # librbd's flatten with its default of 10 ops in flight alone takes ~240 MiB
-                    "rbd_concurrent_management_ops": "4",
-                    # the only locks the agent breaks are its own stale ones (zsagent.ceph.images), and
-                    # blocklisting their owner would cut off the agent itself
-                    "rbd_blocklist_on_break_lock": "false"}
-            if c.keyring:
-                conf["keyring"] = c.keyring
-            cluster = self.rados.Rados(conffile=c.conf, rados_id=c.client, conf=conf)
+            cluster = self.rados.Rados(conffile=c.conf, rados_id=c.client, conf=self.client_options(timeout_s))
         cluster.connect(timeout=timeout_s)
         return cluster
+
+    def client_options(self, timeout_s: int | None = None) -> dict[str, str]:
+        """librados options (name -> value) of the agent's handles on the real cluster: the keyring and
+        the timeouts of CephConfig, ``timeout_s`` for connecting (default: ``client_mount_timeout``)."""
+        c = self.config
+        conf = {"client_mount_timeout": str(timeout_s or c.client_mount_timeout),
+                "rados_osd_op_timeout": str(c.rados_osd_op_timeout),
+                "rados_mon_op_timeout": str(c.rados_mon_op_timeout),
+                # librbd's flatten with its default of 10 ops in flight alone takes ~240 MiB
+                "rbd_concurrent_management_ops": "4",
+                # the only locks the agent breaks are its own stale ones (zsagent.ceph.images), and
+                # blocklisting their owner would cut off the agent itself
+                "rbd_blocklist_on_break_lock": "false"}
+        if c.keyring:
+            conf["keyring"] = c.keyring
+        return conf
 
 
 def open_backend(config: CephConfig) -> CephBackend:

@@ -7,7 +7,7 @@ Which one is decided once per process, lazily: by ``choose(cache_dir)`` (the dae
 start with the agent's data dir) or else at the first ``new_md5()`` (measured, not cached). It measures
 every available implementation on the running CPU (hashlib, and native with each of its kernels), caches
 the figures per CPU model and library version, and uses native only when measured faster by a margin;
-method, rule and cache format in zsagent.copy.md5_choice. ``ZSAGENT_MD5=native|hashlib`` in the
+method, rule and cache format in zsagent.copy.md5_choice. ``ZSAGENT_MD5=hashlib|native|native(<kernel>)`` in the
 environment overrides the choice (for benchmarks). ``USE_NATIVE`` (read lazily) says what was chosen.
 
 Why measured and not by CPU flag: MD5 is one dependency chain, so a kernel is as fast as one step is

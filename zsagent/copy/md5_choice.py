@@ -62,7 +62,8 @@ MEASURE_RUNS = 5
 CACHE_FILE_NAME = "md5-choice.json"
 CACHE_FORMAT = 1
 ENV_OVERRIDE = "ZSAGENT_MD5"
-"""``native`` or ``hashlib`` forces that implementation, without measuring (benchmarks)."""
+"""``hashlib``, ``native`` (the fastest native kernel cached, else the extension's first) or one named
+implementation such as ``native(scalar)`` forces it, without measuring (benchmarks)."""
 
 Figures = dict[str, float]
 """Implementation name -> MiB/s."""
@@ -135,9 +136,10 @@ def decide(figures: Mapping[str, float], margin: float = NATIVE_MARGIN) -> tuple
 
 
 def forced(env: Mapping[str, str]) -> str | None:
-    """``native`` / ``hashlib`` from ZSAGENT_MD5, else None (unset or an unknown value)."""
+    """``native``, ``hashlib`` or an available ``native(<kernel>)`` from ZSAGENT_MD5, else None (unset or
+    an unknown value)."""
     value = env.get(ENV_OVERRIDE, "").strip().lower()
-    return value if value in ("native", "hashlib") else None
+    return value if value in ("native", HASHLIB) or (kernel_of(value) and value in available()) else None
 
 
 # ---------------------------------------------------------------- measuring
@@ -287,7 +289,10 @@ def evaluate(cache_dir: str | os.PathLike | None = None, env: Mapping[str, str] 
     impl, best_native = decide(figures)
     if best_native is None and native is not None:
         best_native = native_name(native.KERNELS[0])  # not measured: the extension's own preference
-    if force is not None:
+    if force is not None and kernel_of(force) is not None:
+        impl = best_native = force  # one kernel by name: the bench hands its workers the host's choice
+        source = f"{ENV_OVERRIDE}={force}"
+    elif force is not None:
         impl = HASHLIB if force == "hashlib" or best_native is None else best_native
         source = f"{ENV_OVERRIDE}={force}"
     return Md5Choice(impl, best_native, figures, source)

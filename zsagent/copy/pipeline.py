@@ -38,10 +38,13 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """chunk_bytes: size of one read (and of the zero check); depth: reads in flight at once."""
+    """chunk_bytes: size of one read (and of the zero check); depth: reads in flight at once.
+    rbd_server_side_copy: an RBD volume copied into a pool of its own cluster has its data objects copied
+    by the OSDs (zsagent.ceph.server_copy) where that is provably identical; False: always through librbd."""
 
     chunk_bytes: int = 2 * MiB  # 2 MiB x 16 measured best on a 2-core bluestore host (make bench SWEEP=1)
     depth: int = 16
+    rbd_server_side_copy: bool = True
 
     def __post_init__(self) -> None:
         if self.chunk_bytes < 4096 or self.chunk_bytes % 4096:

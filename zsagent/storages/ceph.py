@@ -1,7 +1,9 @@
 """Ceph backup storage: templates as RBD images in a pool of the cluster the agent is connected to.
 
 Modes for volumes from the same cluster:
-  copy    - an independent image streamed through the pipeline (the default);
+  copy    - an independent image streamed through the pipeline (the default); where it is provably
+            identical the OSDs copy the data objects themselves while the pipeline reads the snapshot for
+            the md5 (zsagent.sinks.rbd_server_copy; [pipeline] rbd_server_side_copy = false turns it off);
   clone   - a copy-on-write clone of the protected snapshot: instant; the snapshot stays as its parent;
   flatten - a clone flattened by librbd while the pipeline reads the snapshot for the md5.
 In every mode the md5 comes from reading the snapshot. File volumes are always copied.
@@ -14,10 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from zsagent.ceph import server_copy
 from zsagent.ceph.images import full_try, remove_image
 from zsagent.ceph.snapshots import forget_snapshot
 from zsagent.sinks.base import Journal
 from zsagent.sinks.rbd_image import RbdCloneSink, RbdImageSink
+from zsagent.sinks.rbd_server_copy import RbdServerCopySink
 from zsagent.storages.base import Destination, Finding, Runtime, TemplateJob
 
 
@@ -60,7 +64,13 @@ class CephStorage:
         handles = [dst_ioctx]
         ref: dict[str, Any] = {"kind": self.name, "pool": settings.pool, "image": job.image_uuid}
         try:
-            if mode is CephCopyMode.COPY:
+            if mode is CephCopyMode.COPY and volume.kind == "ceph" and job.pipeline.rbd_server_side_copy \
+                    and server_copy.available(runtime.ceph):
+                src_ioctx = runtime.cluster.open_ioctx(volume.pool)
+                handles.append(src_ioctx)
+                sink = RbdServerCopySink(runtime.ceph, src_ioctx, volume.image, job.snapshot, dst_ioctx,
+                                         settings.pool, job.image_uuid, volume.order, journal=journal)
+            elif mode is CephCopyMode.COPY:
                 sink = RbdImageSink(rbd, dst_ioctx, settings.pool, job.image_uuid, volume.order, journal=journal)
             else:
                 src_ioctx = runtime.cluster.open_ioctx(volume.pool)

@@ -1,4 +1,5 @@
-"""The fake Ceph backend: ``rados`` and ``rbd`` modules with the API subset zsagent uses, on local files.
+"""The fake Ceph backend: ``rados`` and ``rbd`` modules with the API subset zsagent uses, on local files
+(pools, RBD images, and RADOS objects with xattrs, omap, guarded write ops and cls_lock locks).
 
 ``zsagent.ceph.open_backend(CephConfig(backend="fake", fake_root=DIR))`` hands these modules to the rest
 of the agent in place of python-rados / python-rbd. The contract suite (``tests/contract``) runs the

@@ -70,3 +70,29 @@ class ExtendMismatch(Error):
 for _name, _obj in list(globals().items()):
     if isinstance(_obj, type) and issubclass(_obj, BaseException) and _obj.__module__ in (__name__, "types"):
         _obj.__module__ = "zsagent.ceph.fake.rados"
+
+
+_BY_ERRNO = {
+    1: "PermissionError",
+    2: "ObjectNotFound",
+    4: "InterruptedOrTimeoutError",
+    5: "IOError",
+    13: "PermissionDeniedError",
+    16: "ObjectBusy",
+    17: "ObjectExists",
+    22: "InvalidArgumentError",
+    28: "NoSpace",
+    61: "NoData",
+    106: "IsConnected",
+    107: "NotConnected",
+    108: "ConnectionShutdown",
+    110: "TimedOut",
+    115: "InProgress",
+}
+
+
+def make_ex(code: int, message: str) -> Error:
+    """The exception python-rados raises for a failed call returning -``code``: the class named for
+    that errno, else the plain OSError (so an ECANCELED guard failure is an OSError, errno 125)."""
+    cls = globals().get(_BY_ERRNO.get(code, ""), OSError)
+    return cls(message, errno=code)

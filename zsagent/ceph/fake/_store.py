@@ -10,6 +10,8 @@ Layout under ``fake_root``::
         head.data                 sparse file, byte i of the image at offset i (the head objects)
         clone-<id>.data           sparse file holding the OSD clones made with that clone id
         watch                     rw-open Image handles hold a shared flock on it (the "watchers")
+    pools/<pool_id>/objects/      RADOS objects made through the object API (Ioctx.write_full, omap, locks...)
+        <sha1 of nspace NUL oid>.json   one object: data, xattrs, omap, locks (format in ``_objects``)
 
 JSON files are replaced atomically (write to a temp file, fsync-free rename). Parsed JSON is cached per
 file keyed by (inode, mtime, size), so repeated reads of an unchanged image cost one ``stat``.
@@ -22,6 +24,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -252,6 +255,43 @@ class Store:
         directory = self.image_dir(pool_id, image_id)
         self._remove_cached(directory)
         _rmtree(directory)
+
+    # ------------------------------------------------------------ RADOS objects
+
+    def _objects_dir(self, pool_id: int) -> str:
+        return os.path.join(self.pool_dir(pool_id), "objects")
+
+    def _object_path(self, pool_id: int, nspace: str, key: str) -> str:
+        name = hashlib.sha1(f"{nspace}\0{key}".encode()).hexdigest()
+        return os.path.join(self._objects_dir(pool_id), f"{name}.json")
+
+    def rados_object(self, pool_id: int, nspace: str, key: str, fresh: bool = False) -> dict | None:
+        """The object's state (see ``_objects``), or None when it does not exist."""
+        return self._load(self._object_path(pool_id, nspace, key), fresh)
+
+    def save_rados_object(self, pool_id: int, obj: dict) -> None:
+        os.makedirs(self._objects_dir(pool_id), exist_ok=True)
+        self._save(self._object_path(pool_id, obj["nspace"], obj["key"]), obj)
+
+    def remove_rados_object(self, pool_id: int, nspace: str, key: str) -> None:
+        path = self._object_path(pool_id, nspace, key)
+        self._remove_cached(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def rados_objects(self, pool_id: int) -> list[dict]:
+        """Every object of the pool, in all namespaces."""
+        try:
+            names = os.listdir(self._objects_dir(pool_id))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if name.endswith(".json"):
+                obj = self._load(os.path.join(self._objects_dir(pool_id), name), fresh=False)
+                if obj is not None:
+                    found.append(obj)
+        return found
 
 
 def _rmtree(path: str) -> None:

@@ -7,15 +7,23 @@ Same class names, signatures, states and exceptions as Ceph Pacific's ``rados`` 
     cluster.create_pool("volumes")
     with cluster.open_ioctx("volumes") as ioctx:   # rados.ObjectNotFound for a missing pool
         ...                                        # pass ioctx to zsagent.ceph.fake.rbd
+        ioctx.set_namespace("zsagent")             # RADOS objects, xattrs, omap, write ops, locks:
+        op = ioctx.create_write_op()               # see _rados_ops (the calls) and _objects (the model)
+        op.new(LIBRADOS_CREATE_EXCLUSIVE)
+        ioctx.set_omap(op, ("state",), (b"queued",))
+        ioctx.operate_write_op(op, "job.1")        # rados.ObjectExists when it exists; nothing applied
+        ioctx.release_write_op(op)
     cluster.shutdown()
 
-Every Rados handle on the same directory, in any thread or process, sees the same cluster.
+Every Rados handle on the same directory, in any thread or process, sees the same cluster. Each
+connection is its own client (``get_instance_id``): cls_lock lockers are (client, cookie) pairs.
 """
 
 from __future__ import annotations
 
 import builtins
 import os
+import secrets
 from typing import NamedTuple
 
 from . import _store
@@ -42,6 +50,22 @@ from ._rados_errors import (
     PermissionError,
     RadosStateError,
     TimedOut,
+)
+from ._rados_ops import (
+    LIBRADOS_ALL_NSPACES,
+    LIBRADOS_CMPXATTR_OP_EQ,
+    LIBRADOS_CMPXATTR_OP_GT,
+    LIBRADOS_CMPXATTR_OP_GTE,
+    LIBRADOS_CMPXATTR_OP_LT,
+    LIBRADOS_CMPXATTR_OP_LTE,
+    LIBRADOS_CMPXATTR_OP_NE,
+    LIBRADOS_CREATE_EXCLUSIVE,
+    LIBRADOS_CREATE_IDEMPOTENT,
+    LIBRADOS_OPERATION_NOFLAG,
+    ObjectsMixin,
+    OmapIterator,
+    ReadOp,
+    WriteOp,
 )
 
 __all__ = [
@@ -70,6 +94,19 @@ __all__ = [
     "Rados",
     "Ioctx",
     "Version",
+    "WriteOp",
+    "ReadOp",
+    "OmapIterator",
+    "LIBRADOS_ALL_NSPACES",
+    "LIBRADOS_CMPXATTR_OP_EQ",
+    "LIBRADOS_CMPXATTR_OP_GT",
+    "LIBRADOS_CMPXATTR_OP_GTE",
+    "LIBRADOS_CMPXATTR_OP_LT",
+    "LIBRADOS_CMPXATTR_OP_LTE",
+    "LIBRADOS_CMPXATTR_OP_NE",
+    "LIBRADOS_CREATE_EXCLUSIVE",
+    "LIBRADOS_CREATE_IDEMPOTENT",
+    "LIBRADOS_OPERATION_NOFLAG",
 ]
 
 #: Configuration values the fake answers for ``conf_get`` unless set otherwise.
@@ -118,6 +155,7 @@ class Rados:
         self._conf.update({str(k): str(v) for k, v in (conf or {}).items()})
         self.state = "configuring"
         self._store: _store.Store | None = None
+        self._instance_id = 0
 
     # ---- lifecycle
 
@@ -135,6 +173,8 @@ class Rados:
             self._store = _store.open_store(root)
         except builtins.PermissionError as e:
             raise PermissionError(f"error connecting to the cluster: {e}", errno=1) from e
+        # the client instance: cls_lock lockers are (instance, cookie), so a new connection is a new locker
+        self._instance_id = secrets.randbits(62) or 1
         self.state = "connected"
 
     def shutdown(self) -> None:
@@ -166,6 +206,11 @@ class Rados:
 
     def version(self) -> Version:
         return Version(16, 2, 15)
+
+    def get_instance_id(self) -> int:
+        """This connection's client id (unique among the connections to the fake cluster)."""
+        self.require_state("connected")
+        return self._instance_id
 
     def get_fsid(self) -> str:
         self.require_state("connected")
@@ -224,13 +269,15 @@ class Rados:
         return Ioctx(self, name, pool_id)
 
 
-class Ioctx:
-    """An I/O context on one pool (what the fake rbd module takes as ``ioctx``)."""
+class Ioctx(ObjectsMixin):
+    """An I/O context on one pool (what the fake rbd module takes as ``ioctx``), in a namespace
+    (``set_namespace``, default ""); the object, omap and lock calls are in ``_rados_ops``."""
 
     def __init__(self, cluster: Rados, name: str, pool_id: int) -> None:
         self.cluster = cluster
         self.name = name
         self.pool_id = pool_id
+        self.nspace = ""
         self.state = "open"
 
     def require_ioctx_open(self) -> None:
