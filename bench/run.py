@@ -47,7 +47,8 @@ T_CEILING = "md5 ceiling (hashlib)"
 T_CEILING_NATIVE = "md5 ceiling (native)"
 T_OURS_RAW = "ours (-> raw file)"
 T_OURS_QCOW2 = "ours (-> qcow2 stream, md5 of the file)"
-T_OURS_QEMU_IMG = "ours (qemu-img engine -> qcow2, md5 of the file)"
+T_OURS_QEMU_IMG = "ours (qemu-img engine -> qcow2, md5 of the file)"  # no longer used by the agent for
+# uncompressed templates (zsagent.storages.templates); measured on as the evidence for that
 T_OURS_QCOW2_NBD = "ours via qemu-nbd (-> qcow2 stream: the reader before)"
 T_OURS_RAW_NBD = "ours via qemu-nbd (-> raw file: the reader before)"
 T_OURS_ZSTD = "ours (qemu-img engine -> qcow2 zstd)"

@@ -143,10 +143,11 @@ def run_rbd(spec: dict) -> dict:
 
 
 def run_file(spec: dict) -> dict:
-    from zsagent.copy.pipeline import PipelineConfig, run_copy
+    from zsagent.copy.pipeline import PipelineConfig
     from zsagent.sinks.raw_file import RawFileSink
     from zsagent.sources.qcow2_file import open_qcow2_source
     from zsagent.sources.qemu_nbd import QemuNbdSource
+    from zsagent.transfer import transfer  # (imports before the timed window, as a daemon has them done)
 
     config = PipelineConfig(chunk_bytes=spec["chunk_bytes"], depth=spec["depth"])
     timed = Timed().__enter__()
@@ -158,7 +159,6 @@ def run_file(spec: dict) -> dict:
         if spec["sink"].startswith("qemu-img"):  # the qemu-img engine, as the service runs it
             from zsagent.qemu_img import ConvertOptions
             from zsagent.sinks.converted import ConvertedFile
-            from zsagent.transfer import transfer
 
             options = ConvertOptions(compression="zstd" if spec["sink"] == "qemu-img-zstd" else None)
             result = transfer(source, [], [ConvertedFile(spec["dest"], options, config)], config)
@@ -170,8 +170,10 @@ def run_file(spec: dict) -> dict:
             from zsagent.sinks.qcow2_stream import Qcow2StreamSink
 
             sink = Qcow2StreamSink(FileStreamTarget(spec["dest"]))
-        # as the service: the content md5 only when some destination is raw (qcow2 hashes its own bytes)
-        result = run_copy(source, [sink], config, hash_content=spec["sink"] == "raw", progress=spec.get("progress"))
+        # as the service (zsagent.transfer, which takes the direct path for a lone qcow2 file): the content
+        # md5 only when some destination is raw (qcow2 hashes its own bytes)
+        result = transfer(source, [sink], [], config, hash_content=spec["sink"] == "raw",
+                          progress=spec.get("progress"))
     finally:
         source.close()
     return finish_file(spec, result_of(result, timed.stop()))

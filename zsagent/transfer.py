@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from zsagent.copy.errors import AllSinksFailed, CopyCancelled, SinkError
 from zsagent.copy.pipeline import CopyResult, PipelineConfig, ProgressCallback, run_copy
+from zsagent.sinks import qcow2_direct
 from zsagent.sinks.base import Sink
 from zsagent.sinks.converted import Converter
 from zsagent.sources.base import Source
@@ -27,7 +28,10 @@ log = logging.getLogger(__name__)
 def transfer(source: Source, sinks: Sequence[Sink], converters: Sequence[Converter],
              config: PipelineConfig | None = None, *, progress: ProgressCallback | None = None,
              cancel: threading.Event | None = None, hash_content: bool = True) -> CopyResult:
-    """Copy ``source`` into ``sinks`` (one pass) and every converter; ``progress`` spans all passes."""
+    """Copy ``source`` into ``sinks`` (one pass) and every converter; ``progress`` spans all passes.
+    A lone local qcow2 template is made straight from the source's layout (zsagent.sinks.qcow2_direct)."""
+    if qcow2_direct.applies(source, sinks, converters, hash_content):
+        return qcow2_direct.copy_direct(source, sinks[0], config, progress=progress, cancel=cancel)
     if not converters:
         return run_copy(source, sinks, config, progress=progress, cancel=cancel, hash_content=hash_content)
     cancel = cancel or threading.Event()

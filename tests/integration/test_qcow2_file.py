@@ -29,6 +29,7 @@ from zsagent.config import PrimaryStorage
 from zsagent.copy.errors import SourceError
 from zsagent.copy.extents import coalesce
 from zsagent.copy.pipeline import PipelineConfig, run_copy
+from zsagent.sinks import qcow2_direct
 from zsagent.sinks.base import NO_JOURNAL
 from zsagent.sinks.file_stream import FileStreamTarget
 from zsagent.sinks.qcow2_stream import Qcow2StreamSink
@@ -39,6 +40,7 @@ from zsagent.sources.qcow2_header import Unsupported
 from zsagent.sources.qcow2_layers import COMPRESSED
 from zsagent.sources.qemu_locks import ImageInUse
 from zsagent.sources.qemu_nbd import QemuNbdSource
+from zsagent.transfer import transfer
 
 KiB, MiB = 1024, 1024 * 1024
 CONFIG = PipelineConfig(chunk_bytes=256 * KiB, depth=4)
@@ -136,8 +138,8 @@ def make_chain(directory: Path, spec: list[Layer]) -> Path:
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(chains())
-def test_random_chains_read_and_map_as_qemu_nbd_reports_them(spec):
+@given(chains(), st.sampled_from([9, 12, 16, 21]))
+def test_random_chains_read_and_map_as_qemu_nbd_reports_them(spec, template_bits):
     with tempfile.TemporaryDirectory(prefix="zsagent-qcow2-") as tmp:
         directory = Path(tmp)
         top = make_chain(directory, spec)
@@ -156,6 +158,21 @@ def test_random_chains_read_and_map_as_qemu_nbd_reports_them(spec):
         assert compare.returncode == 0, compare.stdout + compare.stderr
         assert result.md5 == md5sum_file(raw)
         assert result.published[0].md5 == md5sum_file(template)
+        # the direct path (a lone qcow2 template), with the template's clusters of another size than the chain's
+        direct = directory / "direct.qcow2"
+        source = Qcow2FileSource(top)
+        try:
+            sink = Qcow2StreamSink(FileStreamTarget(direct), cluster_bits=template_bits)
+            assert qcow2_direct.applies(source, [sink], [], hash_content=False)
+            published = transfer(source, [sink], [], CONFIG, hash_content=False).published[0]
+        finally:
+            source.close()
+        check = subprocess.run(["qemu-img", "check", str(direct)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(direct), str(top)],
+                                 capture_output=True, text=True)
+        assert compare.returncode == 0, compare.stdout + compare.stderr
+        assert published.md5 == md5sum_file(direct)
 
 
 # -- reads at any offset ------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ and whether qemu-img makes the template."""
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from dataclasses import dataclass
 
 from zsagent import errors
@@ -12,6 +14,21 @@ from zsagent.qemu_img import ConvertOptions
 FORMATS = ("qcow2", "raw")
 COMPRESSIONS = ("none", "zstd", "zlib")
 ENGINES = ("stream", "qemu-img")
+
+log = logging.getLogger(__name__)
+_told_engine: set[str] = set()
+_told_engine_lock = threading.Lock()
+
+
+def _say_engine_not_used(bs_uuid: str) -> None:
+    """``engine = "qemu-img"`` with uncompressed output: the one-pass writers make that template (measured
+    faster than ``qemu-img convert`` + hashing + fsync, see bench/README.md); said once per storage."""
+    with _told_engine_lock:
+        if bs_uuid in _told_engine:
+            return
+        _told_engine.add(bs_uuid)
+    log.info("backup storage %s: engine \"qemu-img\" is used for compressed templates only; uncompressed "
+             "ones are written in one pass by the agent", bs_uuid)
 
 
 def template_path(root: str, account_uuid: str, image_uuid: str, image_format: str) -> str:
@@ -57,6 +74,8 @@ def convert_options(bs_uuid: str, templates: FileTemplates, image_format: str,
         raise errors.invalid(f"a {compression}-compressed template must be qcow2, but backup storage "
                              f"[uuid:{bs_uuid}] stores {image_format} templates; add the system tag "
                              "template::format::qcow2")
-    if compression is None and templates.engine != "qemu-img":
+    if compression is None:
+        if templates.engine == "qemu-img":
+            _say_engine_not_used(bs_uuid)
         return None
     return ConvertOptions(output_format=image_format, compression=compression)
