@@ -171,8 +171,9 @@ def _backup_storages(config: Config, runtime: Runtime) -> Iterator[Finding]:
 def _leftovers(config: Config) -> Iterator[Finding]:
     """Which store the agent uses and what failed or interrupted jobs left that the agent could not remove
     yet (it keeps retrying)."""
+    from zsagent.cluster.agents import agent_id
     from zsagent.errors import ZsError
-    from zsagent.store import agent_id, open_store
+    from zsagent.store import open_store
     from zsagent.store.open import DB_FILE
 
     if config.store.backend == "sqlite" and not os.path.exists(os.path.join(config.agent.data_dir, DB_FILE)):

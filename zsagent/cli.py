@@ -35,10 +35,11 @@ def load_or_exit(path: str) -> Config:
 
 
 def open_service(config: Config):
+    from zsagent.cluster.agents import agent_id
     from zsagent.copy import md5
     from zsagent.filemodes import private_dir
     from zsagent.service import TemplateService
-    from zsagent.store import agent_id, open_store
+    from zsagent.store import open_store
 
     private_dir(config.agent.data_dir)
     md5.choose(config.agent.data_dir)  # the cached choice the daemon uses (measured if none yet)

@@ -14,6 +14,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from zsagent.cluster.agents import agent_id
 from zsagent.config import Config
 from zsagent.copy import md5
 from zsagent.daemon import parse_listen, sd_notify
@@ -22,7 +23,7 @@ from zsagent.front.forward import RawRequest
 from zsagent.front.front import Front
 from zsagent.jobs import JobManager
 from zsagent.service import TemplateService
-from zsagent.store import agent_id, open_store
+from zsagent.store import open_store
 
 log = logging.getLogger(__name__)
 

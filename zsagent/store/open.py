@@ -1,27 +1,15 @@
-"""Opens the store the configuration names (``[store] backend``), and names this agent (the owner stamped
-on its records)."""
+"""Opens the store the configuration names (``[store] backend``); the owner stamped on its records is the
+agent id (zsagent.cluster.agents.agent_id)."""
 
 from __future__ import annotations
 
 import os
-import socket
 
 from zsagent.store.protocol import Store
 from zsagent.store.sqlite import SqliteStore
 
 DB_FILE = "zsagent.db"
 """The local SQLite file in the data dir: every record with the sqlite backend, the front's with rados."""
-
-
-def agent_id(config) -> str:
-    """This agent's id: ``[cluster] agent_id`` when configured, else "<hostname>:<port of its API>"
-    (``config``: a zsagent.config.Config)."""
-    cluster = getattr(config, "cluster", None)
-    configured = getattr(cluster, "agent_id", "") if cluster is not None else ""
-    if configured:
-        return configured
-    port = config.agent.listen.rpartition(":")[2]
-    return f"{socket.gethostname()}:{port}"
 
 
 def open_store(config, owner: str, data_dir: str | None = None) -> Store:
