@@ -226,6 +226,11 @@ def run_many(spec: dict) -> dict:
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
+    # the runners import what they use on first call: done here once, since imports racing in several
+    # threads can meet half-initialised modules
+    import zsagent.copy.pipeline
+    import zsagent.transfer  # noqa: F401
+
     threads = [threading.Thread(target=work, args=(i, job)) for i, job in enumerate(spec["jobs"])]
     timed = Timed().__enter__()
     for t in threads:
