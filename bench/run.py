@@ -37,7 +37,7 @@ from targets import LIMITS, chosen_md5_ceiling  # noqa: E402
 WORKER = str(Path(__file__).resolve().parent / "worker.py")
 
 T_OURS = "ours (copy)"
-T_OURS_LIBRBD = "ours (copy, written through librbd)"
+T_OURS_SERVER = "ours (copy, server-side object copies)"
 T_FLATTEN = "ours (flatten mode)"
 T_HASH_ONLY = "ours (hash only, no sink: diagnostic)"
 T_ZSTACK = "zstack: deep cp + export|md5sum"
@@ -143,8 +143,8 @@ class Bench:
         out: dict[str, callable] = {}
         if vol.kind == "rbd":
             out[T_OURS] = lambda: worker(self.rbd_spec(vol, "copy"), env)
-            # the same copy with [pipeline] rbd_server_side_copy = false: the agent writes every byte
-            out[T_OURS_LIBRBD] = lambda: worker(self.rbd_spec(vol, "copy-librbd"), env)
+            # the same copy with [pipeline] rbd_server_side_copy = true: the OSDs copy the objects
+            out[T_OURS_SERVER] = lambda: worker(self.rbd_spec(vol, "copy-server"), env)
             out[T_ZSTACK] = lambda: tools.zstack_rbd(env, spec_src, self.unique("zs-snap"),
                                                      f"{BACKUP_POOL}/{self.unique('zs-dst')}")
             out[T_SHELL] = lambda: tools.shell_rbd(env, spec_src, self.unique("zs-snap"),

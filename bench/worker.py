@@ -4,8 +4,9 @@
 
 Spec kinds:
   rbd      {conf, keyring, pool, volume, snapshot, backup_pool, dest,
-            mode: copy (as the agent: server-side object copies where it can) | copy-librbd (every byte
-            written through librbd: rbd_server_side_copy = false) | flatten | hash-only, chunk_bytes, depth}
+            mode: copy (as the agent by default: every byte written through librbd) | copy-server
+            (rbd_server_side_copy = true: server-side object copies where it can) | flatten | hash-only,
+            chunk_bytes, depth}
   file     {path, format, dest, sink: raw|qcow2|qemu-img|qemu-img-zstd, chunk_bytes, depth,
             reader: direct (default: as the service, qemu-nbd only where it must) | qemu-nbd}
            (qemu-img*: the qemu-img engine, qcow2 plain or zstd-compressed, md5 of the file)
@@ -119,10 +120,10 @@ def run_rbd(spec: dict) -> dict:
         with rbd.Image(src, spec["volume"], read_only=True) as image:
             size, order = image.size(), image.stat()["order"]
         sinks = []  # as zsagent.storages.ceph makes them
-        if spec["mode"] == "copy" and server_copy.available(backend):  # the default: OSDs copy the objects
+        if spec["mode"] == "copy-server" and server_copy.available(backend):  # the OSDs copy the objects
             sinks = [RbdServerCopySink(backend, src, spec["volume"], spec["snapshot"], dst, spec["backup_pool"],
                                        spec["dest"], order)]
-        elif spec["mode"] in ("copy", "copy-librbd"):  # copy-librbd: [pipeline] rbd_server_side_copy = false
+        elif spec["mode"] in ("copy", "copy-server"):  # copy: the default, [pipeline] rbd_server_side_copy = false
             sinks = [RbdImageSink(rbd, dst, spec["backup_pool"], spec["dest"], order)]
         elif spec["mode"] in ("clone", "flatten"):
             sinks = [RbdCloneSink(rbd, src, spec["volume"], spec["snapshot"], dst, spec["backup_pool"], spec["dest"],

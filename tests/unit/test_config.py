@@ -15,7 +15,7 @@ def test_the_annotated_example_is_a_valid_config():
     assert config.backup_storage[0].default and config.backup_storage[0].settings.mode == "copy"
     assert config.primary_storage[0].pools == ("zs-pri",)
     assert config.pipeline.chunk_bytes == 2 * 1024 * 1024 and config.pipeline.depth == 16
-    assert config.pipeline.rbd_server_side_copy is True
+    assert config.pipeline.rbd_server_side_copy is False
     assert config.image == ImageDefaults() == ImageDefaults(None, None, None, False)  # ZStack's values
 
 

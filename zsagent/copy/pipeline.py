@@ -40,11 +40,13 @@ ProgressCallback = Callable[[int, int], None]
 class PipelineConfig:
     """chunk_bytes: size of one read (and of the zero check); depth: reads in flight at once.
     rbd_server_side_copy: an RBD volume copied into a pool of its own cluster has its data objects copied
-    by the OSDs (zsagent.ceph.server_copy) where that is provably identical; False: always through librbd."""
+    by the OSDs (zsagent.ceph.server_copy) where that is provably identical; False (the default): through
+    librbd. Off by default because on a host whose OSD shares the agent's cores it made the copy slower
+    (the OSD pulls each object from itself): 1.40x against 1.83x ZStack's path (bench/README.md)."""
 
     chunk_bytes: int = 2 * MiB  # 2 MiB x 16 measured best on a 2-core bluestore host (make bench SWEEP=1)
     depth: int = 16
-    rbd_server_side_copy: bool = True
+    rbd_server_side_copy: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk_bytes < 4096 or self.chunk_bytes % 4096:
