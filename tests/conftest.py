@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 from support import unavailable
 
-pytest_plugins = ["secret_scan"]  # no secret of the run in the agent's logs, answers, store or files
+pytest_plugins = ["secret_scan",  # no secret of the run in the agent's logs, answers, store or files
+                  "multi_agent"]  # the fixtures fleet and fleet_pools (several agents on one cluster)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO_ROOT / "scripts"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 from agent_harness import ACCOUNT, SESSION, free_port
 from reliability.crash_site import Daemon, WebHook, toml_text
 
@@ -342,3 +343,19 @@ class Fleet:
 def make_fleet_pools(make_pool) -> FleetPools:
     """The pools of a session's multi-agent tests (make_pool: tests/conftest.py)."""
     return FleetPools(make_pool("zsm-ps"), make_pool("zsm-bs"), make_pool("zsm-store"))
+
+
+# The fixtures of the multi-agent tests (a plugin of tests/conftest.py).
+@pytest.fixture(scope="module")
+def fleet_pools(make_pool):
+    return make_fleet_pools(make_pool)
+
+
+@pytest.fixture
+def fleet(tmp_path, ceph_cluster, fleet_pools):
+    """Three agents (A, B, C) sharing one RADOS store, stopped after the test."""
+    site = Fleet(tmp_path, ceph_cluster, fleet_pools)
+    try:
+        yield site
+    finally:
+        site.close()

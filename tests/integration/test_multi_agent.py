@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from multi_agent import Fleet, FleetPools, MiB, make_fleet_pools
+from multi_agent import Fleet, FleetPools, MiB
 from support import unavailable
 
 pytestmark = [pytest.mark.ceph]
@@ -27,20 +27,6 @@ SLOW_COPY = "copy-mid@0.25:sleep=0.5*6"
 time for the other agents to see it running."""
 ACTIVE = ("snapshot", "copying", "publishing")
 """The phases of a job that holds its volume (zsagent.jobs.Job.phase)."""
-
-
-@pytest.fixture(scope="module")
-def fleet_pools(make_pool):
-    return make_fleet_pools(make_pool)
-
-
-@pytest.fixture
-def fleet(tmp_path, ceph_cluster, fleet_pools):
-    site = Fleet(tmp_path, ceph_cluster, fleet_pools)
-    try:
-        yield site
-    finally:
-        site.close()
 
 
 def test_an_image_made_through_one_agent_is_polled_got_queried_and_deleted_through_the_others(fleet):

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 from crash_site import figure
-from multi_agent import LEASE_S, LEFTOVERS_BOUND_S, TAKEOVER_MARGIN_S, Fleet, MiB, make_fleet_pools
+from multi_agent import LEASE_S, LEFTOVERS_BOUND_S, TAKEOVER_MARGIN_S, Fleet, MiB
 
 pytestmark = [pytest.mark.ceph]
 
@@ -29,20 +29,6 @@ CASES = [pytest.param(point, backup, id=f"{backup}-{point}",
          for backup in ("ceph", "file") for point in POINTS]
 HOOK_QUIET_S = 2 * LEASE_S
 """After the first web hook of a taken-over job, how long the test listens for a second one."""
-
-
-@pytest.fixture(scope="module")
-def fleet_pools(make_pool):
-    return make_fleet_pools(make_pool)
-
-
-@pytest.fixture
-def fleet(tmp_path, ceph_cluster, fleet_pools):
-    site = Fleet(tmp_path, ceph_cluster, fleet_pools)
-    try:
-        yield site
-    finally:
-        site.close()
 
 
 def cluster_leftovers(fleet: Fleet, volume: str, image: str) -> list[str]:
