@@ -26,6 +26,13 @@ def register_secret(value: str) -> str:
     return value
 
 
+def run(*argv: str) -> str:
+    """Run a tool (argv, no shell) that must succeed; its stdout."""
+    done = subprocess.run(list(argv), capture_output=True, text=True)
+    assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
 def unavailable(reason: str):
     """A needed service cannot be had: fail under CI=true (never skip there), skip elsewhere."""
     if os.environ.get("CI") == "true":

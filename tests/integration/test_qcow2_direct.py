@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from support import md5sum_file
+from support import md5sum_file, run
 
 from zsagent.copy.errors import AllSinksFailed, CopyCancelled, SourceError
 from zsagent.copy.pipeline import PipelineConfig, run_copy
@@ -26,12 +26,6 @@ from zsagent.transfer import transfer
 
 KiB, MiB = 1024, 1024 * 1024
 CONFIG = PipelineConfig(chunk_bytes=256 * KiB, depth=4)
-
-
-def run(*argv: str) -> str:
-    done = subprocess.run(list(argv), capture_output=True, text=True)
-    assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
-    return done.stdout
 
 
 @pytest.fixture(scope="module")

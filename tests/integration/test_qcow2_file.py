@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import md5sum_file
+from support import md5sum_file, run
 
 from zsagent.catalog import Volume
 from zsagent.config import PrimaryStorage
@@ -44,12 +44,6 @@ from zsagent.transfer import transfer
 
 KiB, MiB = 1024, 1024 * 1024
 CONFIG = PipelineConfig(chunk_bytes=256 * KiB, depth=4)
-
-
-def run(*argv: str) -> str:
-    done = subprocess.run(list(argv), capture_output=True, text=True)
-    assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
-    return done.stdout
 
 
 # -- random chains ----------------------------------------------------------------------------------
